@@ -1,0 +1,147 @@
+"""The one example schema for images and videos (an image is a 1-frame video).
+
+Every dataset sora_jax reads, built-in, ingested or TFDS, stores records of this
+schema. A record is a msgpack map; `docs/data.md` documents each field.
+
+`media` holds either the original compressed file bytes (`media_format` names
+the container or image codec: "mp4", "webm", "mov", "mkv", "png", "jpeg",
+"webp") or raw uint8 frames `[num_frames, height, width, 3]` in C order
+(`media_format` "raw"), optionally zlib-compressed ("raw+zlib"), which the
+built-in synthetic clips use because flat colours compress losslessly and decode
+far faster than any video codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+VIDEO_FORMATS = ("mp4", "webm", "mov", "mkv")
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+RAW_FORMATS = ("raw", "raw+zlib")
+MEDIA_FORMATS = VIDEO_FORMATS + IMAGE_FORMATS + RAW_FORMATS
+
+# Sanity limits for any stored example; larger or smaller is "absurd" input.
+MIN_SIDE = 2
+MAX_SIDE = 8192
+MAX_FRAMES = 100_000
+
+
+class SchemaError(ValueError):
+  """A record does not satisfy the example schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One captioned image or video clip.
+
+  Attributes:
+    media: encoded file bytes, or raw uint8 frames (see module docstring).
+    media_format: one of MEDIA_FORMATS.
+    fps: frames per second (0.0 for still images).
+    num_frames: frame count; 1 for images.
+    height, width: frame size in pixels.
+    captions: one or more captions; training picks one at random.
+    source_id: stable id of where the example came from (file path, clip
+      range, or generator seed), unique within a dataset.
+    clip_start: start time in seconds within the source video (0 for images).
+    attributes: small free-form string map (e.g. synthetic ground truth).
+  """
+
+  media: bytes
+  media_format: str
+  fps: float
+  num_frames: int
+  height: int
+  width: int
+  captions: tuple[str, ...]
+  source_id: str
+  clip_start: float = 0.0
+  attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  @property
+  def is_image(self) -> bool:
+    return self.num_frames == 1
+
+  def validate(self) -> Example:
+    """Raises SchemaError naming the field when the example is malformed."""
+    if self.media_format not in MEDIA_FORMATS:
+      raise SchemaError(f"media_format={self.media_format!r}; allowed: {MEDIA_FORMATS}")
+    if not isinstance(self.media, bytes | bytearray) or not self.media:
+      raise SchemaError("media is empty")
+    for name in ("height", "width"):
+      v = getattr(self, name)
+      if not (MIN_SIDE <= v <= MAX_SIDE):
+        raise SchemaError(f"{name}={v}; allowed {MIN_SIDE}..{MAX_SIDE}")
+    if not (1 <= self.num_frames <= MAX_FRAMES):
+      raise SchemaError(f"num_frames={self.num_frames}; allowed 1..{MAX_FRAMES}")
+    if self.fps < 0 or self.fps != self.fps:
+      raise SchemaError(f"fps={self.fps}; must be >= 0")
+    if self.num_frames > 1 and self.fps <= 0:
+      raise SchemaError(f"fps={self.fps}; a video needs fps > 0")
+    if not self.captions or not all(isinstance(c, str) for c in self.captions):
+      raise SchemaError("captions must be a non-empty list of strings")
+    if not self.source_id:
+      raise SchemaError("source_id is empty")
+    if self.media_format == "raw":
+      want = self.num_frames * self.height * self.width * 3
+      if len(self.media) != want:
+        raise SchemaError(f"raw media has {len(self.media)} bytes; expected {want}")
+    return self
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["media"] = bytes(self.media)
+    d["captions"] = list(self.captions)
+    d["attributes"] = dict(self.attributes)
+    d["schema_version"] = SCHEMA_VERSION
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> Example:
+    try:
+      return cls(
+        media=bytes(d["media"]),
+        media_format=str(d["media_format"]),
+        fps=float(d["fps"]),
+        num_frames=int(d["num_frames"]),
+        height=int(d["height"]),
+        width=int(d["width"]),
+        captions=tuple(str(c) for c in d["captions"]),
+        source_id=str(d["source_id"]),
+        clip_start=float(d.get("clip_start", 0.0)),
+        attributes={str(k): str(v) for k, v in dict(d.get("attributes") or {}).items()},
+      )
+    except KeyError as e:
+      raise SchemaError(f"record is missing field {e.args[0]!r}") from None
+
+
+def serialize(example: Example) -> bytes:
+  """Encodes an example as one ArrayRecord record."""
+  return msgpack.packb(example.validate().to_dict(), use_bin_type=True)
+
+
+def deserialize(record: bytes) -> Example:
+  """Decodes one ArrayRecord record (the inverse of `serialize`)."""
+  try:
+    d = msgpack.unpackb(record, raw=False)
+  except Exception as e:  # msgpack raises several unrelated types.
+    raise SchemaError(f"record is not valid msgpack: {e}") from None
+  if not isinstance(d, dict):
+    raise SchemaError("record is not a map")
+  version = d.get("schema_version", SCHEMA_VERSION)
+  if version > SCHEMA_VERSION:
+    raise SchemaError(f"record has schema_version {version}; this code reads <= {SCHEMA_VERSION}")
+  return Example.from_dict(d)
+
+
+def caption_list(captions: str | Sequence[str]) -> tuple[str, ...]:
+  """Normalizes one caption or a list of them into a tuple of strings."""
+  if isinstance(captions, str):
+    return (captions,)
+  return tuple(captions)
