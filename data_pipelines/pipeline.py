@@ -26,6 +26,7 @@ for a seed: the same seed, process layout and step give the same batch, and
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -39,11 +40,11 @@ from data_pipelines.tokenizer import Tokenizer
 
 # Keys every packed batch holds, with their dtypes.
 BATCH_KEYS = {
-    "tokens": np.float32,
-    "coords": np.int32,
-    "segment_ids": np.int32,
-    "text_ids": np.int32,
-    "text_segment_ids": np.int32,
+  "tokens": np.float32,
+  "coords": np.int32,
+  "segment_ids": np.int32,
+  "text_ids": np.int32,
+  "text_segment_ids": np.int32,
 }
 
 
@@ -74,11 +75,11 @@ class Options:
     """Lt: caption tokens per packed row."""
     return self.max_examples_per_row * self.max_text_len
 
-  def validate(self, geom: sizing.Geometry) -> None:
+  def validate(self) -> None:
     if self.max_tokens_per_example > self.seq_len:
       raise ValueError(
-          f"data.max_tokens_per_example={self.max_tokens_per_example} exceeds "
-          f"data.seq_len={self.seq_len}; an example must fit in one row"
+        f"data.max_tokens_per_example={self.max_tokens_per_example} exceeds "
+        f"data.seq_len={self.seq_len}; an example must fit in one row"
       )
     if not 0.0 <= self.caption_dropout <= 1.0:
       raise ValueError(f"data.caption_dropout={self.caption_dropout}; allowed [0, 1]")
@@ -96,7 +97,7 @@ class Options:
 
 
 def open_source(
-    kind: str, data_dir: str, split: str, tfds_name: str = "sora_videos"
+  kind: str, data_dir: str, split: str, tfds_name: str = "sora_jax"
 ) -> tuple[Any, Callable[[Any], schema.Example]]:
   """A random-access source and the function that turns its records into Examples.
 
@@ -135,7 +136,7 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
   if frames.shape[1:3] == (height, width):
     return frames
   return np.stack(
-      [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
+    [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
   )
 
 
@@ -153,12 +154,12 @@ class Tokenize:
   """
 
   def __init__(
-      self,
-      opts: Options,
-      geom: sizing.Geometry,
-      tokenizer: Tokenizer,
-      decode_record: Callable[[Any], schema.Example] = to_example,
-      to_latent: Callable[[np.ndarray], np.ndarray] | None = None,
+    self,
+    opts: Options,
+    geom: sizing.Geometry,
+    tokenizer: Tokenizer,
+    decode_record: Callable[[Any], schema.Example] = to_example,
+    to_latent: Callable[[np.ndarray], np.ndarray] | None = None,
   ):
     self.opts = opts
     self.geom = geom
@@ -169,15 +170,15 @@ class Tokenize:
   def choose_size(self, ex: schema.Example, rng: np.random.Generator) -> tuple[int, int, int]:
     o = self.opts
     return sizing.target_size(
-        self.geom,
-        ex.num_frames,
-        ex.height,
-        ex.width,
-        max_tokens=o.max_tokens_per_example,
-        max_frames=o.max_frames,
-        min_frame_tokens=o.min_frame_tokens,
-        rng=rng,
-        min_token_fraction=o.min_token_fraction,
+      self.geom,
+      ex.num_frames,
+      ex.height,
+      ex.width,
+      max_tokens=o.max_tokens_per_example,
+      max_frames=o.max_frames,
+      min_frame_tokens=o.min_frame_tokens,
+      rng=rng,
+      min_token_fraction=o.min_token_fraction,
     )
 
   def caption(self, ex: schema.Example, rng: np.random.Generator) -> str:
@@ -217,26 +218,36 @@ class Tokenize:
 # ------------------------------------------------------------------------------
 
 
-def pack(ds: grain.IterDataset, opts: Options, seed: int, shuffle_bins: bool = True):
-  """First-fit packs example dicts into rows (see the module docstring for keys)."""
+def pack(
+  ds: grain.IterDataset,
+  opts: Options,
+  seed: int,
+  shuffle_bins: bool = True,
+  extra_token_keys: tuple[str, ...] = (),
+):
+  """First-fit packs example dicts into rows (see the module docstring for keys).
+
+  `extra_token_keys` name further per-token features (leading dim = the
+  example's token count) to pack alongside the tokens and keep in the rows.
+  """
+  token_keys = ("tokens", "coords", *extra_token_keys)
   packed = grain.experimental.FirstFitPackIterDataset(
-      ds,
-      length_struct={"tokens": opts.seq_len, "coords": opts.seq_len, "text_ids": opts.text_len},
-      num_packing_bins=opts.num_packing_bins,
-      seed=seed,
-      shuffle_bins=shuffle_bins,
-      max_sequences_per_bin=opts.max_examples_per_row,
+    ds,
+    length_struct={**{k: opts.seq_len for k in token_keys}, "text_ids": opts.text_len},
+    num_packing_bins=opts.num_packing_bins,
+    seed=seed,
+    shuffle_bins=shuffle_bins,
+    max_sequences_per_bin=opts.max_examples_per_row,
   )
-  return packed.map(_clean_packed_row)
+  return packed.map(functools.partial(_clean_packed_row, keys=token_keys))
 
 
-def _clean_packed_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _clean_packed_row(row: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
   return {
-      "tokens": row["tokens"],
-      "coords": row["coords"],
-      "segment_ids": row["tokens_segment_ids"].astype(np.int32),
-      "text_ids": row["text_ids"],
-      "text_segment_ids": row["text_ids_segment_ids"].astype(np.int32),
+    **{k: row[k] for k in keys},
+    "segment_ids": row["tokens_segment_ids"].astype(np.int32),
+    "text_ids": row["text_ids"],
+    "text_segment_ids": row["text_ids_segment_ids"].astype(np.int32),
   }
 
 
@@ -246,15 +257,15 @@ def _clean_packed_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def make_dataset(
-    source: Any,
-    tokenize: Tokenize,
-    *,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    num_epochs: int | None = None,
-    shuffle: bool = True,
+  source: Any,
+  tokenize: Tokenize,
+  *,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_epochs: int | None = None,
+  shuffle: bool = True,
 ) -> grain.IterDataset:
   """The packed, batched training stream of one process.
 
@@ -268,7 +279,7 @@ def make_dataset(
     shuffle: shuffle records (a new order each epoch).
   """
   opts = tokenize.opts
-  opts.validate(tokenize.geom)
+  opts.validate()
   ds = grain.MapDataset.source(source)
   if process_count > 1:
     ds = ds[process_index::process_count]
@@ -282,9 +293,9 @@ def make_dataset(
   ds = ds.batch(batch_size, drop_remainder=True)
   if opts.num_workers > 0:
     ds = ds.mp_prefetch(
-        grain.MultiprocessingOptions(
-            num_workers=opts.num_workers, per_worker_buffer_size=opts.worker_buffer_size
-        )
+      grain.MultiprocessingOptions(
+        num_workers=opts.num_workers, per_worker_buffer_size=opts.worker_buffer_size
+      )
     )
   return ds
 
@@ -297,11 +308,11 @@ def batch_spec(opts: Options, geom: sizing.Geometry, batch_size: int) -> dict[st
   """Static (shape, dtype) of every batch key, known before any data is read."""
   L, Lt = opts.seq_len, opts.text_len
   return {
-      "tokens": ((batch_size, L, geom.patch_dim), np.float32),
-      "coords": ((batch_size, L, 3), np.int32),
-      "segment_ids": ((batch_size, L), np.int32),
-      "text_ids": ((batch_size, Lt), np.int32),
-      "text_segment_ids": ((batch_size, Lt), np.int32),
+    "tokens": ((batch_size, L, geom.patch_dim), np.float32),
+    "coords": ((batch_size, L, 3), np.int32),
+    "segment_ids": ((batch_size, L), np.int32),
+    "text_ids": ((batch_size, Lt), np.int32),
+    "text_segment_ids": ((batch_size, Lt), np.int32),
   }
 
 
@@ -321,7 +332,7 @@ def bucket_lengths(seq_len: int, num_buckets: int = 4) -> list[int]:
 
 
 def bucketed_batches(
-    examples: Iterator[dict[str, np.ndarray]], opts: Options, batch_size: int, buckets: list[int]
+  examples: Iterator[dict[str, np.ndarray]], opts: Options, batch_size: int, buckets: list[int]
 ) -> Iterator[dict[str, np.ndarray]]:
   """Groups examples by the smallest bucket they fit and pads each to it, one per row.
 
@@ -339,8 +350,8 @@ def bucketed_batches(
       rows = pending[bucket]
       pending[bucket] = []
       yield {
-          k: np.stack([_pad_single(r, bucket, opts.max_text_len)[k] for r in rows])
-          for k in BATCH_KEYS
+        k: np.stack([_pad_single(r, bucket, opts.max_text_len)[k] for r in rows])
+        for k in BATCH_KEYS
       }
 
 
@@ -351,9 +362,9 @@ def _pad_single(ex: dict[str, np.ndarray], length: int, text_len: int) -> dict[s
   tseg = np.zeros(text_len, np.int32)
   tseg[:m] = 1
   return {
-      "tokens": np.pad(ex["tokens"], ((0, length - n), (0, 0))),
-      "coords": np.pad(ex["coords"], ((0, length - n), (0, 0))),
-      "segment_ids": seg,
-      "text_ids": np.pad(ex["text_ids"], (0, text_len - m)),
-      "text_segment_ids": tseg,
+    "tokens": np.pad(ex["tokens"], ((0, length - n), (0, 0))),
+    "coords": np.pad(ex["coords"], ((0, length - n), (0, 0))),
+    "segment_ids": seg,
+    "text_ids": np.pad(ex["text_ids"], (0, text_len - m)),
+    "text_segment_ids": tseg,
   }

@@ -46,6 +46,10 @@ def atomic_write_json(path: str, obj: Any) -> None:
   atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+class DatasetError(ValueError):
+  """A dataset directory is missing or malformed."""
+
+
 @contextlib.contextmanager
 def shard_writer(path: str) -> Iterator[ArrayRecordShard]:
   """Writes one shard atomically: nothing appears at `path` unless the block succeeds."""
@@ -78,7 +82,10 @@ class ArrayRecordShard:
 
 def read_shard(path: str) -> Iterator[schema.Example]:
   """Yields every example of one shard in order (for tools, not training)."""
-  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+  except (RuntimeError, OSError) as e:
+    raise DatasetError(f"{path} is not a readable ArrayRecord shard: {e}") from None
   try:
     n = reader.num_records()
     for start in range(0, n, 64):
@@ -93,15 +100,12 @@ def read_shard(path: str) -> Iterator[schema.Example]:
 # ------------------------------------------------------------------------------
 
 
-class DatasetError(ValueError):
-  """A dataset directory is missing or malformed."""
-
-
-def read_manifest(data_dir: str) -> dict[str, Any]:
+def read_manifest(data_dir: str, flag: str = "--data_dir") -> dict[str, Any]:
+  """The manifest of a dataset directory; errors name `flag` as the culprit."""
   path = os.path.join(data_dir, MANIFEST)
   if not os.path.exists(path):
     raise DatasetError(
-      f"--data_dir={data_dir}: no {MANIFEST} found; build a dataset first "
+      f"{flag}={data_dir}: no {MANIFEST} found; build a dataset first "
       "(python -m data_pipelines.synthetic or data_pipelines.ingest)"
     )
   with open(path) as f:

@@ -108,19 +108,15 @@ def train(data_dir: str, vocab_size: int, split: str = "train") -> str:
   return path
 
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (with manifest.json).")
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 256, "Target vocabulary size (an upper bound).")
-_SPLIT = flags.DEFINE_string("split", "train", "Split whose captions train the tokenizer.")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
-  if not _DATA_DIR.value:
+  FLAGS = flags.FLAGS
+  if not FLAGS.data_dir:
     sys.exit("error: --data_dir is required")
-  if _VOCAB_SIZE.value < 8:
-    sys.exit(f"error: --vocab_size={_VOCAB_SIZE.value}; must be at least 8")
+  if FLAGS.vocab_size < 8:
+    sys.exit(f"error: --vocab_size={FLAGS.vocab_size}; must be at least 8")
   try:
-    path = train(_DATA_DIR.value, _VOCAB_SIZE.value, _SPLIT.value)
+    path = train(FLAGS.data_dir, FLAGS.vocab_size, FLAGS.split)
   except shards.DatasetError as e:
     sys.exit(f"error: {e}")
   tok = Tokenizer(path)
@@ -129,4 +125,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags exist only when this file runs as a program, so importing the library
+  # next to other binaries never clashes.
+  flags.DEFINE_string("data_dir", None, "Dataset directory (with manifest.json).")
+  flags.DEFINE_integer("vocab_size", 256, "Target vocabulary size (an upper bound).")
+  flags.DEFINE_string("split", "train", "Split whose captions train the tokenizer.")
   app.run(main)

@@ -40,17 +40,19 @@ def test_patchify_works_on_jax_arrays():
 
   video = np.arange(3 * 16 * 8 * 2, dtype=np.float32).reshape(3, 16, 8, 2)
   np.testing.assert_array_equal(
-      np.asarray(patchify.patchify(jnp.asarray(video), (2, 8, 4))),
-      patchify.patchify(video, (2, 8, 4)),
+    np.asarray(patchify.patchify(jnp.asarray(video), (2, 8, 4))),
+    patchify.patchify(video, (2, 8, 4)),
   )
 
 
 @pytest.mark.parametrize(
-    "size", [(1, 72, 128), (32, 128, 72), (32, 96, 128), (16, 16, 16), (300, 1080, 1920)]
+  "size", [(1, 72, 128), (32, 128, 72), (32, 96, 128), (16, 16, 16), (300, 1080, 1920)]
 )
 @pytest.mark.parametrize("compression", [(1, 1, 1), (4, 8, 8)])
 def test_target_size_fits_budget_and_keeps_aspect(size, compression):
-  geom = sizing.Geometry(patch=(1, 2, 2) if compression[1] > 1 else (1, 8, 8), compression=compression)
+  geom = sizing.Geometry(
+    patch=(1, 2, 2) if compression[1] > 1 else (1, 8, 8), compression=compression
+  )
   frames, height, width = sizing.target_size(geom, *size, max_tokens=256, max_frames=33)
   assert geom.size_error(frames, height, width) is None
   assert geom.num_tokens(frames, height, width) <= 256
@@ -64,10 +66,10 @@ def test_random_resolution_varies_the_budget():
   geom = sizing.Geometry(patch=(1, 8, 8))
   rng = np.random.default_rng(0)
   sizes = {
-      sizing.target_size(
-          geom, 1, 256, 256, max_tokens=256, max_frames=1, rng=rng, min_token_fraction=0.25
-      )
-      for _ in range(50)
+    sizing.target_size(
+      geom, 1, 256, 256, max_tokens=256, max_frames=1, rng=rng, min_token_fraction=0.25
+    )
+    for _ in range(50)
   }
   assert len(sizes) > 3
   assert all(geom.num_tokens(*s) <= 256 for s in sizes)
@@ -80,13 +82,13 @@ def test_random_resolution_varies_the_budget():
 
 def _opts(**kw):
   base = dict(
-      seq_len=256,
-      max_examples_per_row=4,
-      max_tokens_per_example=128,
-      max_frames=9,
-      max_text_len=8,
-      caption_dropout=0.0,
-      num_packing_bins=4,
+    seq_len=256,
+    max_examples_per_row=4,
+    max_tokens_per_example=128,
+    max_frames=9,
+    max_text_len=8,
+    caption_dropout=0.0,
+    num_packing_bins=4,
   )
   base.update(kw)
   return pipeline.Options(**base)
@@ -101,11 +103,11 @@ def test_packing_invariants():
     grid = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 6)))
     n = int(np.prod(grid))
     examples.append(
-        {
-            "tokens": np.full((n, 2), i + 1, np.float32),
-            "coords": patchify.coordinates(grid),
-            "text_ids": np.full((int(rng.integers(1, 5)),), 100 + i, np.int32),
-        }
+      {
+        "tokens": np.full((n, 2), i + 1, np.float32),
+        "coords": patchify.coordinates(grid),
+        "text_ids": np.full((int(rng.integers(1, 5)),), 100 + i, np.int32),
+      }
     )
   rows = list(pipeline.pack(grain.MapDataset.source(examples).to_iter_dataset(), opts, seed=0))
   seen = []
@@ -147,7 +149,7 @@ def test_pipeline_batches_have_static_shapes(tiny_data_dir):
     # Text segments and token segments describe the same examples.
     for b in range(2):
       assert set(np.unique(batch["segment_ids"][b])) - {0} == set(
-          np.unique(batch["text_segment_ids"][b])
+        np.unique(batch["text_segment_ids"][b])
       ) - {0}
 
 
@@ -197,7 +199,7 @@ def test_processes_read_disjoint_shards(tiny_data_dir):
   for p in range(2):
     source, _ = pipeline.open_source("array_record", tiny_data_dir, "train")
     ds = pipeline.make_dataset(
-        source, tok, batch_size=1, seed=0, process_index=p, process_count=2, num_epochs=1
+      source, tok, batch_size=1, seed=0, process_index=p, process_count=2, num_epochs=1
     )
     ids = set()
     for batch in ds:
@@ -234,8 +236,7 @@ def test_bucketed_batches_pad_single_examples(tiny_data_dir):
 
 
 def test_options_validation():
-  geom = sizing.Geometry()
   with pytest.raises(ValueError, match="max_tokens_per_example"):
-    _opts(max_tokens_per_example=1000, seq_len=256).validate(geom)
+    _opts(max_tokens_per_example=1000, seq_len=256).validate()
   with pytest.raises(ValueError, match="caption_dropout"):
-    _opts(caption_dropout=2.0).validate(geom)
+    _opts(caption_dropout=2.0).validate()
