@@ -1,0 +1,113 @@
+"""The one shared base config. Presets and experiments override a few fields.
+
+Every field is read by exactly one library module; `sora_jax.config_lib`
+validates the whole config before anything compiles.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Input pipeline (data_pipelines.pipeline.Options; see docs/data.md).
+  c.data = dict(
+    source="array_record",  # or "tfds"
+    data_dir="",
+    split="train",
+    tfds_name="sora_jax",
+    tokenizer="",  # sentencepiece model; "" = the one in data_dir's manifest.
+    seq_len=4096,  # L: tokens per packed row.
+    max_examples_per_row=16,  # K: cap on examples per row.
+    max_tokens_per_example=4096,
+    max_frames=33,
+    min_frame_tokens=64,
+    min_token_fraction=1.0,  # < 1: NaViT random resolution.
+    token_drop_rate=0.0,
+    max_text_len=64,
+    caption_dropout=0.1,
+    num_packing_bins=32,
+    num_workers=0,
+    worker_buffer_size=2,
+  )
+
+  # Latent stage (sora_jax.latent): "pixel" is the identity.
+  c.latent = dict(kind="pixel")
+
+  # Diffusion transformer (sora_jax.models.dit.DiTConfig).
+  c.model = dict(
+    patch=(1, 8, 8),  # (pt, ph, pw) in latent units.
+    depth=12,
+    width=768,
+    heads=12,
+    mlp_ratio=4.0,
+    adaln="single",
+    qk_norm=True,
+    rope_theta=10_000.0,
+    attention="auto",
+    dtype="bfloat16",  # Compute dtype; params stay float32.
+    param_dtype="float32",
+    remat="none",  # none | full | dots | dots_all
+    scan_layers=True,
+    text=dict(width=512, depth=4, heads=8, mlp_ratio=4.0),
+  )
+
+  # Rectified flow (sora_jax.flow.FlowConfig).
+  c.flow = dict(
+    logit_mean=0.0,
+    logit_std=1.0,
+    shift_base_tokens=1024,
+    shift_power=0.5,
+    shift_min=0.5,
+    shift_max=8.0,
+  )
+
+  # Optimizer (sora_jax.optim).
+  c.optim = dict(
+    lr=1e-4,
+    warmup_steps=1000,
+    decay_steps=0,  # 0: decay over train.num_steps.
+    min_lr_ratio=0.1,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    weight_decay=0.01,
+    clip_norm=1.0,
+    ema_decay=0.9999,
+  )
+
+  # Training loop (sora_jax.train).
+  c.train = dict(
+    num_steps=100_000,
+    global_batch_size=256,  # Packed rows per step, over all processes.
+    log_every=50,
+    checkpoint_every=1000,
+    keep_checkpoints=3,
+    async_checkpointing=True,
+    profile_steps=0,
+  )
+
+  # Parallelism: mesh axis sizes (-1: all remaining devices) and the rules that
+  # map logical axis names to mesh axes. FSDP by default.
+  c.mesh = dict(data=1, fsdp=-1, context=1, tensor=1)
+  c.sharding = dict(
+    rules=(
+      ("batch", ("data", "fsdp")),
+      ("length", None),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("vocab", None),
+      ("patch", None),
+      ("layers", None),
+      ("act_embed", None),
+      ("act_mlp", "tensor"),
+      ("act_heads", "tensor"),
+    )
+  )
+
+  # Sampling defaults (sora_jax.sample).
+  c.sample = dict(steps=50, cfg_scale=5.0, sampler="heun", fps=8)
+  return c

@@ -1,0 +1,178 @@
+"""Config validation: every mistake is named by its field, value and what is allowed,
+before anything is compiled or any data is read."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from data_pipelines import pipeline, shards
+from sora_jax import sharding
+from sora_jax.models import attention, dit, stack
+
+SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
+
+
+class ConfigError(ValueError):
+  """The config is invalid; the message names the field."""
+
+
+def _require(ok: bool, msg: str) -> None:
+  if not ok:
+    raise ConfigError(msg)
+
+
+def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> None:
+  """Raises ConfigError on the first invalid field."""
+  missing = [s for s in SECTIONS if s not in cfg]
+  _require(not missing, f"config is missing section(s) {missing}; start from experiments/base.py")
+  m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+
+  # Model.
+  for name in ("depth", "width", "heads"):
+    _require(int(m[name]) > 0, f"config.model.{name}={m[name]}: must be positive")
+  _require(
+    m.width % m.heads == 0,
+    f"config.model.width={m.width}: must be divisible by config.model.heads={m.heads}",
+  )
+  head_dim = m.width // m.heads
+  _require(
+    head_dim % 2 == 0 and head_dim >= 8,
+    f"config.model.width/heads = {head_dim}: head dim must be even and >= 8 (3D RoPE)",
+  )
+  patch = tuple(m.patch)
+  _require(
+    len(patch) == 3 and all(isinstance(p, int) and p > 0 for p in patch),
+    f"config.model.patch={patch}: must be three positive ints (pt, ph, pw)",
+  )
+  for name in ("dtype", "param_dtype"):
+    _require(
+      m[name] in dit.DTYPES, f"config.model.{name}={m[name]!r}; allowed: {sorted(dit.DTYPES)}"
+    )
+  _require(
+    m.remat in stack.REMAT_POLICIES,
+    f"config.model.remat={m.remat!r}; allowed: {sorted(stack.REMAT_POLICIES)}",
+  )
+  _require(
+    m.adaln in ("single", "block"), f"config.model.adaln={m.adaln!r}; allowed: single, block"
+  )
+  _require(m.mlp_ratio > 0, f"config.model.mlp_ratio={m.mlp_ratio}: must be positive")
+  try:
+    attention.resolve_backend(m.attention)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+  tw, th = m.text.width, m.text.heads
+  _require(
+    tw > 0 and th > 0 and tw % th == 0 and (tw // th) % 2 == 0,
+    f"config.model.text.width={tw}, heads={th}: width must divide into heads of even size",
+  )
+  _require(m.text.depth >= 1, f"config.model.text.depth={m.text.depth}: must be >= 1")
+
+  # Data.
+  try:
+    opts = pipeline.Options.from_config(d)
+    opts.validate()
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.{e}") from None
+  _require(
+    d.source in ("array_record", "tfds"),
+    f"config.data.source={d.source!r}; allowed: array_record, tfds",
+  )
+  if for_training:
+    _require(bool(d.data_dir), "config.data.data_dir is empty; pass --config.data.data_dir=DIR")
+    if d.source == "array_record":
+      try:
+        manifest = shards.read_manifest(d.data_dir)
+      except shards.DatasetError as e:
+        raise ConfigError(str(e).replace("--data_dir", "config.data.data_dir")) from None
+      _require(
+        d.split in manifest["splits"],
+        f"config.data.split={d.split!r}: not in {d.data_dir}; available: {sorted(manifest['splits'])}",
+      )
+      _require(
+        bool(manifest.get("tokenizer")),
+        f"config.data.data_dir={d.data_dir} has no tokenizer; run "
+        f"`python -m data_pipelines.tokenizer --data_dir={d.data_dir}`",
+      )
+    else:
+      _require(os.path.isdir(d.data_dir), f"config.data.data_dir={d.data_dir}: no such directory")
+
+  # Flow, optimizer, loop.
+  _require(cfg.flow.logit_std > 0, f"config.flow.logit_std={cfg.flow.logit_std}: must be positive")
+  _require(
+    0 < cfg.flow.shift_min <= cfg.flow.shift_max,
+    f"config.flow.shift_min={cfg.flow.shift_min}, shift_max={cfg.flow.shift_max}: need 0 < min <= max",
+  )
+  _require(o.lr > 0, f"config.optim.lr={o.lr}: must be positive")
+  _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
+  _require(o.clip_norm > 0, f"config.optim.clip_norm={o.clip_norm}: must be positive")
+  _require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay}: allowed [0, 1)")
+  _require(
+    0.0 <= o.min_lr_ratio <= 1.0, f"config.optim.min_lr_ratio={o.min_lr_ratio}: allowed [0, 1]"
+  )
+  for name in (
+    "num_steps",
+    "global_batch_size",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+  ):
+    _require(int(t[name]) > 0, f"config.train.{name}={t[name]}: must be positive")
+  _require(t.profile_steps >= 0, f"config.train.profile_steps={t.profile_steps}: must be >= 0")
+
+  # Parallelism.
+  unknown = set(cfg.mesh) - set(sharding.MESH_AXES)
+  _require(
+    not unknown, f"config.mesh has unknown axes {sorted(unknown)}; allowed: {sharding.MESH_AXES}"
+  )
+  sizes = [int(v) for v in cfg.mesh.values()]
+  _require(
+    all(s > 0 or s == -1 for s in sizes) and sizes.count(-1) <= 1,
+    f"config.mesh={dict(cfg.mesh)}: sizes must be positive, with at most one -1",
+  )
+  for rule in cfg.sharding.rules:
+    _require(
+      len(rule) == 2 and isinstance(rule[0], str),
+      f"config.sharding.rules entry {rule!r}: must be (logical_name, mesh_axes)",
+    )
+    axes = () if rule[1] is None else (rule[1],) if isinstance(rule[1], str) else tuple(rule[1])
+    bad = [a for a in axes if a not in sharding.MESH_AXES]
+    _require(not bad, f"config.sharding.rules[{rule[0]!r}] names unknown mesh axes {bad}")
+
+
+def check_batch_layout(cfg: ml_collections.ConfigDict, mesh, process_count: int) -> None:
+  """The global batch must split evenly over processes and over the batch mesh axes."""
+  gb = cfg.train.global_batch_size
+  axes = sharding.batch_axes(cfg.sharding.rules)
+  shards_ = 1
+  for a in axes:
+    shards_ *= mesh.shape.get(a, 1)
+  _require(
+    gb % process_count == 0,
+    f"config.train.global_batch_size={gb}: must be divisible by the {process_count} processes",
+  )
+  _require(
+    gb % shards_ == 0,
+    f"config.train.global_batch_size={gb}: must be divisible by the batch mesh axes {axes} "
+    f"(size {shards_})",
+  )
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-safe dict of the config (tuples become lists)."""
+  return json.loads(cfg.to_json())
+
+
+def from_json(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The inverse of `to_json`, restoring tuples where the base config has them."""
+  cfg = ml_collections.ConfigDict(dict(d))
+  with cfg.unlocked():
+    cfg.model.patch = tuple(cfg.model.patch)
+    cfg.sharding.rules = tuple(
+      (r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in cfg.sharding.rules
+    )
+  return cfg

@@ -1,0 +1,101 @@
+"""Training FLOPs from the real segment lengths of a packed batch, and MFU.
+
+For one training step (forward + backward = 3x forward), counting a multiply-add
+as 2 FLOPs:
+
+  6 * P_video * N_video          dense layers applied to each real video token
+  + 6 * P_text * N_text          the text encoder and cross-attention K/V on caption tokens
+  + 12 * depth * width * sum_i n_i^2           self-attention scores and values
+  + 12 * depth * width * sum_i n_i m_i         cross-attention to the example's caption
+  + 12 * depth_t * width_t * sum_i m_i^2       text-encoder self-attention
+
+where n_i and m_i are the video and caption token counts of example i. Padding
+is never counted, so packed and padded runs of the same data report the same
+useful FLOPs and differ in time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak per chip, TFLOP/s (vendor figures, without sparsity).
+PEAK_TFLOPS = {
+  "H100": 989.0,
+  "H200": 989.0,
+  "B200": 2250.0,
+  "A100": 312.0,
+  "L4": 121.0,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,
+  "TPU v5e": 197.0,
+  "TPU v5p": 459.0,
+  "TPU v5": 459.0,
+  "TPU v6 lite": 918.0,
+  "TPU v6e": 918.0,
+}
+
+
+def param_counts(params: Any) -> dict[str, int]:
+  """Parameters applied per video token, per caption token, and in total."""
+  total = video = text = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    n = int(np.prod(leaf.shape))
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    total += n
+    if keys[-1] == "embedding":  # A gather, not a matmul.
+      continue
+    if keys[0] in ("text_encoder", "context_proj") or ("cross" in keys and keys[-2] in ("k", "v")):
+      text += n
+    else:
+      video += n
+  return {"total": total, "video": video, "text": text}
+
+
+def step_flops(batch: Mapping[str, np.ndarray], counts: Mapping[str, int], model_cfg) -> float:
+  """Training FLOPs of one step on `batch` (host arrays; see module docstring)."""
+  seg = np.asarray(batch["segment_ids"])
+  tseg = np.asarray(batch["text_segment_ids"])
+  b = seg.shape[0]
+  k = int(max(seg.max(), tseg.max())) + 1
+  n = np.stack([np.bincount(r, minlength=k)[1:] for r in seg.reshape(b, -1)]).astype(np.float64)
+  m = np.stack([np.bincount(r, minlength=k)[1:] for r in tseg.reshape(b, -1)]).astype(np.float64)
+  d, depth = model_cfg.width, model_cfg.depth
+  dt, depth_t = model_cfg.text.width, model_cfg.text.depth
+  dense = 6.0 * (counts["video"] * n.sum() + counts["text"] * m.sum())
+  attn = 12.0 * (depth * d * ((n * n).sum() + (n * m).sum()) + depth_t * dt * (m * m).sum())
+  return dense + attn
+
+
+def device_peak_flops(device: jax.Device | None = None, dtype=jnp.bfloat16) -> tuple[float, str]:
+  """Peak FLOP/s of one device and where the figure came from.
+
+  Accelerators use the vendor table; a CPU (or an unknown kind) is measured
+  with a large matmul in this process, in the compute dtype.
+  """
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "")
+  for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return tflops * 1e12, f"table ({kind})"
+  return measure_matmul_flops(device, dtype), f"measured matmul ({kind or device.platform})"
+
+
+def measure_matmul_flops(
+  device: jax.Device, dtype=jnp.float32, n: int = 1024, reps: int = 5
+) -> float:
+  """Best-of FLOP/s of an n x n x n matmul on `device`."""
+  x = jax.device_put(jnp.ones((n, n), dtype), device)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n**3 / best

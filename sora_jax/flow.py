@@ -1,0 +1,112 @@
+r"""Rectified flow: the training objective and the time schedule of sampling.
+
+Convention: t = 0 is data, t = 1 is noise, and the path is straight,
+
+  x_t = (1 - t) x_0 + t \epsilon,     v = dx_t/dt = \epsilon - x_0,
+
+so the model predicts the velocity v and sampling integrates dx/dt = v from
+t = 1 down to t = 0.
+
+Timesteps are drawn per example (segment), logit-normal: t = sigmoid(m + s u)
+with u ~ N(0, 1). Larger examples need more noise to destroy the same
+information, so t is then shifted by
+
+  shift(n) = clip((n / shift_base_tokens) ** shift_power, shift_min, shift_max)
+  t' = shift * t / (1 + (shift - 1) * t),
+
+where n is the example's token count (SD3's resolution-dependent shift,
+with the token count in place of the pixel count). Sampling applies the same
+shift to its uniform time grid, per example.
+
+The loss is the squared error of v averaged over each example's tokens and
+features, then over the examples of the batch, so one long video does not
+outweigh the images packed beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+  logit_mean: float = 0.0
+  logit_std: float = 1.0
+  shift_base_tokens: int = 256
+  shift_power: float = 0.5
+  shift_min: float = 0.5
+  shift_max: float = 8.0
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> FlowConfig:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+
+def segment_counts(segment_ids: jax.Array, num_segments: int) -> jax.Array:
+  """Tokens per segment id: `[B, L]` -> `[B, num_segments]` float32 (index 0 = padding)."""
+  one_hot = jax.nn.one_hot(segment_ids, num_segments, dtype=jnp.float32)
+  return one_hot.sum(axis=1)
+
+
+def shift_for(counts: jax.Array, cfg: FlowConfig) -> jax.Array:
+  """The timestep shift of examples with `counts` tokens."""
+  s = (jnp.maximum(counts, 1.0) / cfg.shift_base_tokens) ** cfg.shift_power
+  return jnp.clip(s, cfg.shift_min, cfg.shift_max)
+
+
+def shifted(t: jax.Array, shift: jax.Array) -> jax.Array:
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def per_token(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Gathers per-segment values `[B, K]` to tokens `[B, L]`."""
+  return jnp.take_along_axis(values, segment_ids, axis=1)
+
+
+def sample_timesteps(
+  rng: jax.Array, segment_ids: jax.Array, num_segments: int, cfg: FlowConfig
+) -> jax.Array:
+  """Per-token timesteps `[B, L]`, constant within a segment (see module docstring)."""
+  b = segment_ids.shape[0]
+  u = jax.random.normal(rng, (b, num_segments))
+  t = jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * u)
+  t = shifted(t, shift_for(segment_counts(segment_ids, num_segments), cfg))
+  return per_token(t, segment_ids)
+
+
+def segment_mean(values: jax.Array, segment_ids: jax.Array, num_segments: int):
+  """Mean of `values [B, L]` over each example's tokens, then over all examples.
+
+  Returns (mean over examples, number of examples).
+  """
+  one_hot = jax.nn.one_hot(segment_ids, num_segments, dtype=jnp.float32)[..., 1:]  # no padding
+  sums = jnp.einsum("bl,blk->bk", values.astype(jnp.float32), one_hot)
+  counts = one_hot.sum(axis=1)
+  present = counts > 0
+  per_example = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
+  n = present.sum()
+  return per_example.sum() / jnp.maximum(n, 1), n
+
+
+def loss_fn(
+  model, batch: Mapping[str, jax.Array], rng: jax.Array, cfg: FlowConfig, num_segments: int
+):
+  """Rectified-flow velocity loss of a packed batch; returns (loss, aux metrics)."""
+  x0 = batch["tokens"]
+  seg = batch["segment_ids"]
+  t_rng, n_rng = jax.random.split(rng)
+  t = sample_timesteps(t_rng, seg, num_segments, cfg)
+  real = (seg > 0)[..., None]
+  noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
+  xt = jnp.where(real, (1.0 - t[..., None]) * x0 + t[..., None] * noise, 0.0)
+  target = noise - x0
+  pred = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
+  token_loss = jnp.mean(jnp.square(pred - target), axis=-1)  # [B, L]
+  loss, num_examples = segment_mean(token_loss, seg, num_segments)
+  return loss, {"num_examples": num_examples, "real_tokens": (seg > 0).sum()}

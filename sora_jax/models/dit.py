@@ -1,0 +1,162 @@
+"""The diffusion transformer over packed rows of spacetime patches.
+
+Inputs (B rows of L tokens; Lt caption tokens per row):
+  tokens            [B, L, patch_dim]  noisy latent patches
+  coords            [B, L, 3]          (t, h, w) patch coordinates -> 3D RoPE
+  segment_ids       [B, L]             examples 1..K, padding 0
+  t                 [B, L]             a timestep PER TOKEN (clean conditioning frames: 0)
+  text_ids          [B, Lt]            each example's caption tokens
+  text_segment_ids  [B, Lt]            which example each caption token belongs to
+  text_frames       [B, Lt, 2]         optional [start, end) latent-frame window of each
+                                       caption token (storyboards); default: all frames
+Output: the predicted velocity [B, L, patch_dim].
+
+Each block: self-attention within a segment (block-diagonal) with QK-norm and
+3D RoPE, cross-attention to the example's own caption, and an MLP; the
+self-attention and MLP branches are modulated by adaLN-Zero from the per-token
+timestep embedding. With adaln="single" (PixArt-alpha) one projection of the
+timestep embedding is shared by all blocks, each adding its own learned table;
+with adaln="block" every block has its own projection (DiT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax import sharding
+from sora_jax.models import layers, rope, stack
+from sora_jax.models.text_encoder import SmallTextEncoder, TextConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  patch_dim: int
+  depth: int = 4
+  width: int = 256
+  heads: int = 4
+  mlp_ratio: float = 4.0
+  adaln: str = "single"  # "single" (shared projection) or "block".
+  qk_norm: bool = True
+  rope_theta: float = 10_000.0
+  attention: str = "auto"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  scan_layers: bool = True
+  text: TextConfig | None = None
+
+  @classmethod
+  def from_config(cls, model_cfg: Mapping[str, Any], patch_dim: int, vocab_size: int) -> DiTConfig:
+    """From `config.model`; the patch dim comes from the geometry, vocab from the tokenizer."""
+    m = dict(model_cfg)
+    text = TextConfig(vocab_size=vocab_size, **dict(m.pop("text")))
+    names = {f.name for f in dataclasses.fields(cls)} - {"patch_dim", "text"}
+    return cls(patch_dim=patch_dim, text=text, **{k: v for k, v in m.items() if k in names})
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def params_dtype(self):
+    return DTYPES[self.param_dtype]
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    w = cfg.width
+    self.attn = layers.Attention(w, cfg.heads, qk_norm=cfg.qk_norm, backend=cfg.attention, **kw)
+    self.cross_norm = layers.RMSNorm(w, "embed", param_dtype=cfg.params_dtype)
+    self.cross = layers.Attention(
+      w, cfg.heads, context_width=w, qk_norm=cfg.qk_norm, backend=cfg.attention, **kw
+    )
+    self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), **kw)
+    if cfg.adaln == "block":
+      self.modulation = layers.Dense(w, (6, w), ("embed", None, "mlp"), init="zeros", **kw)
+    else:  # A learned per-block table added to the shared projection (zero init).
+      self.modulation = nnx.Param(jnp.zeros((6, w), cfg.params_dtype), out_sharding=(None, "embed"))
+
+  def __call__(self, x, cond, segment_ids, rot, context, context_segment_ids, cross_mask):
+    if isinstance(self.modulation, layers.Dense):
+      mod = self.modulation(cond)  # cond: SiLU(t embedding) [B, L, D] -> [B, L, 6, D]
+    else:
+      mod = cond + self.modulation[...].astype(cond.dtype)  # cond: shared [B, L, 6, D]
+    shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, :, i] for i in range(6))
+    h = layers.layer_norm(x) * (1 + scale1) + shift1
+    x = x + gate1 * self.attn(h, segment_ids, rope=rot)
+    x = x + self.cross(
+      self.cross_norm(x),
+      segment_ids,
+      context=context,
+      context_segment_ids=context_segment_ids,
+      mask=cross_mask,
+    )
+    h = layers.layer_norm(x) * (1 + scale2) + shift2
+    x = x + gate2 * self.mlp(h)
+    return sharding.constrain(x, ("batch", "length", "act_embed"))
+
+
+class DiT(nnx.Module):
+  """Text-conditioned diffusion transformer over packed spacetime patches."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    if cfg.adaln not in ("single", "block"):
+      raise ValueError(f"model.adaln={cfg.adaln!r}; allowed: 'single', 'block'")
+    self.cfg = cfg
+    kw = dict(rngs=rngs, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    w = cfg.width
+    self.text_encoder = SmallTextEncoder(
+      cfg.text,
+      rngs=rngs,
+      backend=cfg.attention,
+      scan=cfg.scan_layers,
+      remat=cfg.remat,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.params_dtype,
+    )
+    self.context_proj = layers.Dense(cfg.text.width, w, ("embed", "mlp"), **kw)
+    self.patch_embed = layers.Dense(cfg.patch_dim, w, ("patch", "embed"), **kw)
+    self.t_embed = layers.TimestepEmbedding(w, **kw)
+    if cfg.adaln == "single":
+      self.shared_modulation = layers.Dense(w, (6, w), ("embed", None, "mlp"), init="zeros", **kw)
+    self.blocks = stack.make_layers(lambda r: Block(cfg, rngs=r), cfg.depth, rngs, cfg.scan_layers)
+    self.final_modulation = layers.Dense(w, (2, w), ("embed", None, "mlp"), init="zeros", **kw)
+    self.final = layers.Dense(w, cfg.patch_dim, ("embed", "patch"), init="zeros", **kw)
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    coords: jax.Array,
+    segment_ids: jax.Array,
+    t: jax.Array,
+    text_ids: jax.Array,
+    text_segment_ids: jax.Array,
+    text_frames: jax.Array | None = None,
+  ) -> jax.Array:
+    cfg = self.cfg
+    context = self.context_proj(self.text_encoder(text_ids, text_segment_ids))
+    x = sharding.constrain(self.patch_embed(tokens), ("batch", "length", "act_embed"))
+    temb = jax.nn.silu(self.t_embed(t))  # [B, L, D]
+    cond = self.shared_modulation(temb) if cfg.adaln == "single" else temb
+    rot = rope.Rotary(coords, cfg.width // cfg.heads, cfg.rope_theta)
+    cross_mask = None
+    if text_frames is not None:  # Caption token j is visible to frames in its window.
+      frame = coords[:, :, None, 0]
+      cross_mask = (frame >= text_frames[:, None, :, 0]) & (frame < text_frames[:, None, :, 1])
+
+    def apply(block: Block, x: jax.Array) -> jax.Array:
+      return block(x, cond, segment_ids, rot, context, text_segment_ids, cross_mask)
+
+    x = stack.run_layers(self.blocks, x, apply, cfg.remat)
+    shift, scale = jnp.moveaxis(self.final_modulation(temb), -2, 0)
+    out = self.final(layers.layer_norm(x) * (1 + scale) + shift)
+    return out.astype(jnp.float32)

@@ -1,0 +1,193 @@
+"""Building blocks with logical axis names on every parameter.
+
+Parameters are stored in `param_dtype` (float32) and cast to the compute
+`dtype` (e.g. bfloat16) when used; softmax and norms run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax import sharding
+from sora_jax.models import attention as attention_lib
+
+# Parameters get their shardings from the config's rules when the model is
+# created under jit, never eagerly at construction.
+nnx.use_eager_sharding(False)
+
+
+def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+  return (x,) if isinstance(x, int) else tuple(x)
+
+
+class Dense(nnx.Module):
+  """y = x . W + b, contracting the trailing `in_shape` dims of x into `out_shape`.
+
+  Args:
+    in_shape, out_shape: feature dims (ints or tuples, e.g. (heads, head_dim)).
+    names: logical axis names of the kernel, one per dim of in_shape + out_shape.
+    init: "xavier" (fan-avg uniform) or "zeros" (adaLN-Zero gates, output layers).
+  """
+
+  def __init__(
+    self,
+    in_shape: int | Sequence[int],
+    out_shape: int | Sequence[int],
+    names: Sequence[str | None],
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    init: str = "xavier",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+  ):
+    self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
+    shape = self.in_shape + self.out_shape
+    if len(names) != len(shape):
+      raise ValueError(f"names {names} do not match kernel shape {shape}")
+    n_in = len(self.in_shape)
+    if init == "zeros":
+      kernel = jnp.zeros(shape, param_dtype)
+    else:
+      initializer = jax.nn.initializers.variance_scaling(
+        1.0,
+        "fan_avg",
+        "uniform",
+        in_axis=tuple(range(n_in)),
+        out_axis=tuple(range(n_in, len(shape))),
+      )
+      kernel = initializer(rngs.params(), shape, param_dtype)
+    self.kernel = nnx.Param(kernel, out_sharding=tuple(names))
+    self.bias = (
+      nnx.Param(jnp.zeros(self.out_shape, param_dtype), out_sharding=tuple(names[n_in:]))
+      if use_bias
+      else None
+    )
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = len(self.in_shape)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(
+      x.astype(self.dtype), self.kernel[...].astype(self.dtype), (contract, ((), ()))
+    )
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """RMS normalization over the last dim, computed in float32, with a learned scale."""
+
+  def __init__(self, dim: int, name: str | None, *, eps: float = 1e-6, param_dtype=jnp.float32):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(name,))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Parameter-free LayerNorm (adaLN supplies shift and scale), in float32."""
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class MLP(nnx.Module):
+  """Two-layer GELU MLP: width -> hidden -> width."""
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.up = Dense(width, hidden, ("embed", "mlp"), **kw)
+    self.down = Dense(hidden, width, ("mlp", "embed"), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.gelu(self.up(x), approximate=True)
+    h = sharding.constrain(h, ("batch", "length", "act_mlp"))
+    return self.down(h)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with QK-norm; self-attention when no context is given.
+
+  Rotary embeddings are applied by the caller-provided `rope` (a function of q
+  or k), so the same module serves 3D video and 1D text positions.
+  """
+
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    *,
+    context_width: int | None = None,
+    qk_norm: bool = True,
+    backend: str = "auto",
+    rngs: nnx.Rngs,
+    dtype,
+    param_dtype,
+  ):
+    if width % heads:
+      raise ValueError(f"width {width} must be divisible by heads {heads}")
+    head_dim = width // heads
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    kv_width = context_width or width
+    self.q = Dense(width, (heads, head_dim), ("embed", "heads", "kv"), **kw)
+    self.k = Dense(kv_width, (heads, head_dim), ("embed", "heads", "kv"), **kw)
+    self.v = Dense(kv_width, (heads, head_dim), ("embed", "heads", "kv"), **kw)
+    self.out = Dense((heads, head_dim), width, ("heads", "kv", "embed"), **kw)
+    self.q_norm = RMSNorm(head_dim, "kv", param_dtype=param_dtype) if qk_norm else None
+    self.k_norm = RMSNorm(head_dim, "kv", param_dtype=param_dtype) if qk_norm else None
+    self.backend = backend
+
+  def __call__(
+    self,
+    x: jax.Array,  # [B, L, D]
+    segment_ids: jax.Array,  # [B, L]
+    *,
+    context: jax.Array | None = None,  # [B, Lc, Dc]
+    context_segment_ids: jax.Array | None = None,  # [B, Lc]
+    rope=None,  # applied to q and k (self-attention only)
+    mask: jax.Array | None = None,  # [B, L, Lc] extra restriction
+  ) -> jax.Array:
+    kv_in = x if context is None else context
+    kv_seg = segment_ids if context is None else context_segment_ids
+    heads = ("batch", "length", "act_heads", None)
+    q = sharding.constrain(self.q(x), heads)
+    k = sharding.constrain(self.k(kv_in), heads)
+    v = sharding.constrain(self.v(kv_in), heads)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if rope is not None:
+      q, k = rope(q), rope(k)
+    o = attention_lib.attention(q, k, v, segment_ids, kv_seg, mask=mask, backend=self.backend)
+    return self.out(sharding.constrain(o, heads))
+
+
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of t in [0, 1] (scaled by 1000, as in DiT): [...] -> [..., dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = (t.astype(jnp.float32) * 1000.0)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedding(nnx.Module):
+  """t -> sinusoidal features -> MLP -> [..., width]."""
+
+  def __init__(self, width: int, freq_dim: int = 256, *, rngs: nnx.Rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.freq_dim = freq_dim
+    self.fc1 = Dense(freq_dim, width, (None, "embed"), **kw)
+    self.fc2 = Dense(width, width, ("mlp", "embed"), **kw)
+
+  def __call__(self, t: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.silu(self.fc1(timestep_features(t, self.freq_dim))))

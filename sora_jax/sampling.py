@@ -1,0 +1,205 @@
+"""Sampling: requests of any size are packed into rows exactly as training packs, then denoised together.
+
+Each request (prompt, frames, height, width, seed) becomes one segment of
+Gaussian noise drawn from its own seed, so its result does not depend on what
+else shares its row. Every segment follows its own shifted time grid (see
+`sora_jax.flow`). Classifier-free guidance runs the conditional rows and their
+unconditional twins (the same noise with an empty caption) in one batched
+forward pass: v = v_uncond + g * (v_cond - v_uncond).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from data_pipelines import patchify, pipeline, sizing
+from data_pipelines.tokenizer import EOS_ID, Tokenizer
+from sora_jax import factory, flow, latent, sharding
+
+SAMPLERS = ("euler", "heun")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  prompt: str
+  num_frames: int
+  height: int
+  width: int
+  seed: int = 0
+
+
+class RequestError(ValueError):
+  """A request the model cannot serve; the message names the field."""
+
+
+def check_request(req: Request, geom: sizing.Geometry, opts: pipeline.Options) -> None:
+  error = geom.size_error(req.num_frames, req.height, req.width)
+  if error:
+    raise RequestError(error)
+  n = geom.num_tokens(req.num_frames, req.height, req.width)
+  if n > opts.seq_len:
+    raise RequestError(
+      f"{req.num_frames}x{req.height}x{req.width} is {n} tokens; the model's rows hold "
+      f"{opts.seq_len} (config.data.seq_len). Ask for fewer frames or a smaller size."
+    )
+
+
+def pack_requests(
+  requests: Sequence[Request], geom: sizing.Geometry, tokenizer: Tokenizer, opts: pipeline.Options
+) -> dict[str, np.ndarray]:
+  """Rows `[R, ...]` of packed noise with the batch keys plus `request` (index + 1, 0 = padding)."""
+  examples = []
+  for i, req in enumerate(requests):
+    check_request(req, geom, opts)
+    grid = geom.grid(req.num_frames, req.height, req.width)
+    n = int(np.prod(grid))
+    noise = np.random.default_rng(req.seed).standard_normal((n, geom.patch_dim), np.float32)
+    examples.append(
+      {
+        "tokens": noise,
+        "coords": patchify.coordinates(grid),
+        "request": np.full((n,), i + 1, np.int32),
+        "text_ids": np.asarray(tokenizer.ids(req.prompt, opts.max_text_len), np.int32),
+      }
+    )
+  ds = grain.MapDataset.source(examples).to_iter_dataset()
+  rows = list(pipeline.pack(ds, opts, seed=0, shuffle_bins=False, extra_token_keys=("request",)))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def unconditional_text(segment_ids: np.ndarray, text_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Empty captions (a lone eos) for every segment of each row."""
+  r = segment_ids.shape[0]
+  ids = np.zeros((r, text_len), np.int32)
+  seg = np.zeros((r, text_len), np.int32)
+  for i in range(r):
+    for s in range(1, int(segment_ids[i].max()) + 1):
+      ids[i, s - 1], seg[i, s - 1] = EOS_ID, s
+  return ids, seg
+
+
+class Sampler:
+  """Integrates the velocity field from noise (t = 1) to data (t = 0) for packed rows."""
+
+  def __init__(
+    self,
+    model: factory.Model,
+    params,
+    flow_cfg: flow.FlowConfig,
+    num_segments: int,
+  ):
+    self.model = model
+    self.params = params
+    self.flow_cfg = flow_cfg
+    self.num_segments = num_segments
+    self._step = jax.jit(self._step_impl, static_argnames=("method", "guided"))
+
+  def _velocity(self, params, x, t, rows, cfg_scale, guided):
+    net = self.model.merge(params)
+    if not guided:
+      return net(
+        x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"]
+      )
+    both = lambda a, b: jnp.concatenate([a, b], axis=0)
+    v = net(
+      both(x, x),
+      both(rows["coords"], rows["coords"]),
+      both(rows["segment_ids"], rows["segment_ids"]),
+      both(t, t),
+      both(rows["text_ids"], rows["uncond_text_ids"]),
+      both(rows["text_segment_ids"], rows["uncond_text_segment_ids"]),
+    )
+    v_cond, v_uncond = jnp.split(v, 2, axis=0)
+    return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+  def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
+    seg = rows["segment_ids"]
+    shift = flow.per_token(
+      flow.shift_for(flow.segment_counts(seg, self.num_segments), self.flow_cfg), seg
+    )
+    tc = flow.shifted(jnp.full(seg.shape, t_cur), shift)
+    tn = flow.shifted(jnp.full(seg.shape, t_next), shift)
+    real = (seg > 0)[..., None]
+    dt = (tn - tc)[..., None]
+    v = self._velocity(params, x, tc, rows, cfg_scale, guided)
+    x_euler = x + dt * v
+    if method == "heun":
+      v2 = self._velocity(params, x_euler, tn, rows, cfg_scale, guided)
+      x_heun = x + dt * 0.5 * (v + v2)
+      x_euler = jnp.where(t_next > 0, x_heun, x_euler)  # The last step is Euler.
+    return jnp.where(real, x_euler, 0.0)
+
+  def __call__(
+    self,
+    rows: dict[str, np.ndarray],
+    *,
+    steps: int,
+    cfg_scale: float,
+    method: str = "heun",
+    progress: bool = True,
+    put: Callable[[dict], dict] | None = None,
+  ) -> np.ndarray:
+    """Denoised tokens `[R, L, patch_dim]` of packed `rows` (from `pack_requests`)."""
+    if method not in SAMPLERS:
+      raise RequestError(f"--sampler={method!r}; allowed: {SAMPLERS}")
+    if steps < 1:
+      raise RequestError(f"--steps={steps}; must be at least 1")
+    guided = cfg_scale != 1.0
+    keys = ["coords", "segment_ids", "text_ids", "text_segment_ids"]
+    device_rows = {k: rows[k] for k in keys}
+    if guided:
+      uids, useg = unconditional_text(rows["segment_ids"], rows["text_ids"].shape[1])
+      device_rows.update(uncond_text_ids=uids, uncond_text_segment_ids=useg)
+    device_rows["tokens"] = rows["tokens"]
+    device_rows = put(device_rows) if put else jax.tree.map(jnp.asarray, device_rows)
+    x = device_rows.pop("tokens")
+    grid = np.linspace(1.0, 0.0, steps + 1)
+    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+      x = self._step(
+        self.params,
+        x,
+        device_rows,
+        jnp.float32(grid[i]),
+        jnp.float32(grid[i + 1]),
+        jnp.float32(cfg_scale),
+        method=method,
+        guided=guided,
+      )
+    return np.asarray(jax.device_get(x))
+
+
+def unpack(
+  rows: dict[str, np.ndarray],
+  tokens: np.ndarray,
+  requests: Sequence[Request],
+  geom: sizing.Geometry,
+  stage: latent.LatentStage,
+) -> list[np.ndarray]:
+  """Each request's video, uint8 `[T, H, W, 3]`, from denoised packed tokens."""
+  out = []
+  for i, req in enumerate(requests):
+    r, pos = np.nonzero(rows["request"] == i + 1)
+    grid = geom.grid(req.num_frames, req.height, req.width)
+    lt = geom.latent_frames(req.num_frames)
+    z = patchify.unpatchify(tokens[r, pos], grid, geom.patch, frames=lt)
+    out.append(latent.to_uint8(stage.decode(z))[: req.num_frames])
+  return out
+
+
+def batch_put(mesh, rules) -> Callable[[dict], dict]:
+  """Places host rows on the mesh, sharded over the batch axes."""
+
+  def put(d):
+    return {
+      k: jax.device_put(v, sharding.named_sharding(("batch",), rules, mesh, v.shape))
+      for k, v in d.items()
+    }
+
+  return put
