@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock setup.cfg | cksum | cut -d' ' -f1)
+# ACCEL=cuda12, cuda13 or tpu adds the accelerator build of the pinned jax (see BUILD.md).
+ACCEL ?= cpu
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.lock)
+STAMP := $(VENV)/.installed-$(ACCEL)-$(shell cat requirements.lock setup.cfg | cksum | cut -d' ' -f1)
 OUT ?= out/demo
 
-.PHONY: install test lint format demo demo-data clean
+.PHONY: install test lint format demo clean
 
 install: $(STAMP)
 
@@ -14,6 +17,7 @@ $(STAMP): requirements.lock setup.cfg
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@if [ "$(ACCEL)" != cpu ]; then $(PY) -m pip install -q "jax[$(ACCEL)]==$(JAX_VERSION)"; fi
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -27,6 +31,18 @@ format: install
 
 test: lint
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The demo: data -> tokenizer -> training on CPU -> samples -> prompt-following evaluation.
+# Rerunning resumes: the data is kept and training continues from its last checkpoint.
+demo: install
+	@test -f $(OUT)/data/manifest.json || $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data --num_examples=10000 --seed=0
+	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=64
+	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data
+	$(PY) -m sora_jax.sample --workdir=$(OUT)/run --prompts_file=experiments/demo_prompts.jsonl --output=$(OUT)/samples
+	$(PY) -m sora_jax.evaluate --workdir=$(OUT)/run --data_dir=$(OUT)/data --output=$(OUT)/eval
+	@echo
+	@echo "Demo videos: $(OUT)/samples (contact sheet: $(OUT)/samples/contact_sheet.png)"
+	@echo "Prompt-following evaluation: $(OUT)/eval/eval_results.json, $(OUT)/eval/eval_contact_sheet.png"
 
 clean:
 	rm -rf $(VENV) out

@@ -18,30 +18,22 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import pipeline, shards
+from data_pipelines import shards
 from data_pipelines import tokenizer as tokenizer_lib
-from sora_jax import (
-  checkpointing,
-  config_lib,
-  factory,
-  flops,
-  flow,
-  input_pipeline,
-  metrics,
-  optim,
-  sharding,
-)
+from sora_jax import checkpointing, config_lib, factory, flops, input_pipeline, metrics, sharding
+from sora_jax.trainer import Trainer
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "Experiment config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags exist only when this module runs as a program, so binaries can import each other."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
 
 
 class TrainingError(RuntimeError):
@@ -60,7 +52,10 @@ def train(cfg, workdir: str) -> dict[str, float]:
   # Config and mesh.
   # ----------------------------------------------------------------------------
   config_lib.validate(cfg)
-  mesh = sharding.make_mesh(cfg.mesh)
+  try:
+    mesh = sharding.make_mesh(cfg.mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.mesh: {e}") from None
   rules = tuple(cfg.sharding.rules)
   config_lib.check_batch_layout(cfg, mesh, jax.process_count())
   is_writer = jax.process_index() == 0
@@ -79,60 +74,28 @@ def train(cfg, workdir: str) -> dict[str, float]:
   writer = metrics.Writer(os.path.join(workdir, "tensorboard"))
 
   # ----------------------------------------------------------------------------
-  # Input pipeline: this process's shard, assembled into global arrays.
+  # Model, optimizer, train state (sora_jax.trainer) and the input pipeline:
+  # this process's shard, assembled into global arrays in a prefetch thread.
   # ----------------------------------------------------------------------------
-  stage = factory.stage(cfg)
-  dataset = input_pipeline.make_dataset(
-    cfg, tokenizer, stage, jax.process_index(), jax.process_count()
-  )
-  dit_cfg = factory.dit_config(cfg, tokenizer.vocab_size)
-  model = factory.Model(dit_cfg, mesh, rules)
-  counts = flops.param_counts(model.abstract_params)
-
-  def to_device(local_batch):
-    useful = flops.step_flops(local_batch, counts, dit_cfg) * jax.process_count()
-    real = int((local_batch["segment_ids"] > 0).sum()) * jax.process_count()
-    return sharding.global_batch(local_batch, mesh, rules), useful, real
-
-  data_iter = input_pipeline.BatchIterator(dataset, transform=to_device)
-
-  # ----------------------------------------------------------------------------
-  # Model, optimizer and train state.
-  # ----------------------------------------------------------------------------
-  num_steps = cfg.train.num_steps
-  tx, lr_schedule = optim.make(cfg.optim, num_steps)
-  flow_cfg = factory.flow_config(cfg)
-  num_segments = factory.num_segments(cfg)
+  trainer = Trainer(cfg, mesh, tokenizer.vocab_size)
+  counts = trainer.counts
   logging.info(
     "model: %s parameters (%s per video token, %s per caption token)",
     f"{counts['total']:,}",
     f"{counts['video']:,}",
     f"{counts['text']:,}",
   )
-
-  def init_state(params):
-    return {
-      "step": jnp.zeros((), jnp.int32),
-      "params": params,
-      "opt_state": tx.init(params),
-      "nonfinite_step": jnp.full((), -1, jnp.int32),
-    }
-
-  with jax.set_mesh(mesh):
-    abstract_state = jax.eval_shape(init_state, model.abstract_params)
-    opt_shardings = _follow_param_shardings(
-      abstract_state["opt_state"], model.param_shardings, mesh
-    )
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state_shardings = {
-    "step": replicated,
-    "params": model.param_shardings,
-    "opt_state": opt_shardings,
-    "nonfinite_step": replicated,
-  }
-  abstract_state = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
+  stage = factory.stage(cfg)
+  dataset = input_pipeline.make_dataset(
+    cfg, tokenizer, stage, jax.process_index(), jax.process_count()
   )
+
+  def to_device(local_batch):
+    useful = trainer.step_flops(local_batch) * jax.process_count()
+    real = int((local_batch["segment_ids"] > 0).sum()) * jax.process_count()
+    return sharding.global_batch(local_batch, mesh, rules), useful, real
+
+  data_iter = input_pipeline.BatchIterator(dataset, transform=to_device)
 
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
@@ -144,69 +107,17 @@ def train(cfg, workdir: str) -> dict[str, float]:
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
     state, ema = checkpointing.restore_train(
-      mngr, start, abstract_state, model.abstract_params, data_iter
+      mngr, start, trainer.abstract_state, trainer.model.abstract_params, data_iter
     )
   else:
     start = 0
-    params = model.init(cfg.seed)
-    with jax.set_mesh(mesh):
-      state = jax.jit(init_state, out_shardings=state_shardings)(params)
-    ema = jax.tree.map(jnp.copy, params)
-
-  # ----------------------------------------------------------------------------
-  # The update step.
-  # ----------------------------------------------------------------------------
-  base_key = jax.random.key(cfg.seed)
-  ema_decay = float(cfg.optim.ema_decay)
-
-  def train_step(state, ema, batch):
-    step = state["step"] + 1
-    rng = jax.random.fold_in(base_key, step)
-
-    def loss_of(params):
-      return flow.loss_fn(model.merge(params), batch, rng, flow_cfg, num_segments)
-
-    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = {
-      "step": step,
-      "params": keep(params, state["params"]),
-      "opt_state": keep(opt_state, state["opt_state"]),
-      "nonfinite_step": jnp.where(
-        (state["nonfinite_step"] < 0) & ~finite, step, state["nonfinite_step"]
-      ),
-    }
-    new_ema = keep(optim.ema_update(ema, params, step, ema_decay), ema)
-    out = {
-      "loss": loss,
-      "grad_norm": grad_norm,
-      "param_norm": optax.global_norm(state["params"]),
-      "update_norm": optax.global_norm(updates),
-      "lr": lr_schedule(state["step"]),
-      "examples": aux["num_examples"],
-    }
-    return new_state, new_ema, out
-
-  batch_shardings = {
-    k: jax.sharding.NamedSharding(mesh, sharding.spec(("batch",), rules, mesh))
-    for k in pipeline.BATCH_KEYS
-  }
-  with jax.set_mesh(mesh):
-    step_fn = jax.jit(
-      train_step,
-      in_shardings=(state_shardings, model.param_shardings, batch_shardings),
-      out_shardings=(state_shardings, model.param_shardings, None),
-      donate_argnums=(0, 1),
-    )
+    state, ema = trainer.init(cfg.seed)
 
   # ----------------------------------------------------------------------------
   # The loop.
   # ----------------------------------------------------------------------------
-  peak, peak_source = flops.device_peak_flops(dtype=dit_cfg.compute_dtype)
+  num_steps = cfg.train.num_steps
+  peak, peak_source = flops.device_peak_flops(dtype=trainer.dit_cfg.compute_dtype)
   logging.info("peak %.1f TFLOP/s per device (%s)", peak / 1e12, peak_source)
   row_tokens = cfg.train.global_batch_size * cfg.data.seq_len
   config_json = config_lib.to_json(cfg)
@@ -222,48 +133,26 @@ def train(cfg, workdir: str) -> dict[str, float]:
         "is intact; lower config.optim.lr or raise config.optim.warmup_steps."
       )
 
-  window, window_flops, window_real, timed_steps, t0 = [], 0.0, 0, 0, None
+  meter = Meter(row_tokens, peak * jax.device_count())
   last: dict[str, float] = {}
-  profile_start = start + 2 if cfg.train.profile_steps and is_writer else -1
-  with jax.set_mesh(mesh), sharding.axis_rules(rules):
-    for step in range(start + 1, num_steps + 1):
-      if step == profile_start:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      batch, useful, real = next(data_iter)
-      state, ema, out = step_fn(state, ema, batch)
-      window.append(out)
-      if t0 is None:  # The first step compiles: time from its end.
-        jax.block_until_ready(out)
-        t0 = time.perf_counter()
-      else:
-        timed_steps, window_flops, window_real = (
-          timed_steps + 1,
-          window_flops + useful,
-          window_real + real,
-        )
-      if step == profile_start + cfg.train.profile_steps:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-      if step % cfg.train.log_every == 0 or step == num_steps:
-        check_finite(step)
-        host = jax.device_get(window)
-        dt = time.perf_counter() - t0
-        last = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-        if timed_steps:
-          last.update(
-            step_time=dt / timed_steps,
-            tokens_per_s=window_real / dt,
-            real_token_fraction=window_real / (timed_steps * row_tokens),
-            tflops_per_s=window_flops / dt / 1e12,
-            mfu=window_flops / dt / (peak * jax.device_count()),
-          )
-        writer.scalars(step, last)
-        writer.flush()
-        window, window_flops, window_real, timed_steps = [], 0.0, 0, 0
-        t0 = time.perf_counter()
-      if step % cfg.train.checkpoint_every == 0 or step == num_steps:
-        check_finite(step)
-        checkpointing.save(mngr, step, state, ema, data_iter, config_json)
+  profile = range(start + 2, start + 2 + cfg.train.profile_steps) if is_writer else range(0)
+  for step in range(start + 1, num_steps + 1):
+    if profile and step == profile.start:
+      jax.profiler.start_trace(os.path.join(workdir, "profile"))
+    batch, useful, real = next(data_iter)
+    state, ema, out = trainer.step(state, ema, batch)
+    meter.add(out, useful, real)
+    if profile and step == profile.stop - 1:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+    if step % cfg.train.log_every == 0 or step == num_steps:
+      check_finite(step)
+      last = meter.flush()
+      writer.scalars(step, last)
+      writer.flush()
+    if step % cfg.train.checkpoint_every == 0 or step == num_steps:
+      check_finite(step)
+      checkpointing.save(mngr, step, state, ema, data_iter, config_json)
 
   mngr.wait_until_finished()
   mngr.close()
@@ -272,37 +161,59 @@ def train(cfg, workdir: str) -> dict[str, float]:
   return last
 
 
-def _follow_param_shardings(opt_state, param_shardings, mesh):
-  """Optimizer moments shard like their parameters; scalars are replicated."""
-  flat_params = {
-    tuple(map(str, p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
-  }
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+class Meter:
+  """Averages step metrics between log lines and measures throughput.
 
-  def one(path, leaf):
-    keys = tuple(map(str, path))
-    for n in range(len(keys)):
-      if keys[n:] in flat_params and len(leaf.shape) > 0:
-        return flat_params[keys[n:]]
-    return replicated
+  The first step after (re)start compiles, so timing starts when it finishes.
+  """
 
-  return jax.tree_util.tree_map_with_path(one, opt_state)
+  def __init__(self, row_tokens: int, peak_flops: float):
+    self.row_tokens = row_tokens
+    self.peak_flops = peak_flops
+    self.metrics, self.flops, self.real, self.steps, self.t0 = [], 0.0, 0, 0, None
+
+  def add(self, metrics, useful_flops: float, real_tokens: int) -> None:
+    self.metrics.append(metrics)
+    if self.t0 is None:
+      jax.block_until_ready(metrics)
+      self.t0 = time.perf_counter()
+    else:
+      self.flops += useful_flops
+      self.real += real_tokens
+      self.steps += 1
+
+  def flush(self) -> dict[str, float]:
+    host = jax.device_get(self.metrics)
+    dt = time.perf_counter() - self.t0
+    out = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+    if self.steps:
+      out.update(
+        step_time=dt / self.steps,
+        tokens_per_s=self.real / dt,
+        real_token_fraction=self.real / (self.steps * self.row_tokens),
+        tflops_per_s=self.flops / dt / 1e12,
+        mfu=self.flops / dt / self.peak_flops,
+      )
+    self.metrics, self.flops, self.real, self.steps = [], 0.0, 0, 0
+    self.t0 = time.perf_counter()
+    return out
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     sys.exit("error: --workdir is required")
-  if _CONFIG.value is None:
+  if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
   try:
-    last = train(_CONFIG.value, _WORKDIR.value)
+    last = train(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, shards.DatasetError, FileNotFoundError, TrainingError) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
-    print(json.dumps({"workdir": _WORKDIR.value, **{k: round(v, 6) for k, v in last.items()}}))
+    print(json.dumps({"workdir": FLAGS.workdir, **{k: round(v, 6) for k, v in last.items()}}))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -33,17 +33,17 @@ def write_tiny_dataset(data_dir: str, num_examples: int = 24, seed: int = 0) -> 
     frames += rng.integers(0, 20, frames.shape, dtype=np.uint8)
     data, fmt = media.encode_raw(frames)
     examples.append(
-        schema.Example(
-            media=data,
-            media_format=fmt,
-            fps=8.0 if t > 1 else 0.0,
-            num_frames=t,
-            height=h,
-            width=w,
-            captions=(f"a {color} square", f"{color} box number {i % 3}"),
-            source_id=f"tiny/{i:04d}",
-            attributes={"color": color},
-        )
+      schema.Example(
+        media=data,
+        media_format=fmt,
+        fps=8.0 if t > 1 else 0.0,
+        num_frames=t,
+        height=h,
+        width=w,
+        captions=(f"a {color} square", f"{color} box number {i % 3}"),
+        source_id=f"tiny/{i:04d}",
+        attributes={"color": color},
+      )
     )
   os.makedirs(data_dir, exist_ok=True)
   paths, half = [], num_examples // 2
@@ -54,12 +54,12 @@ def write_tiny_dataset(data_dir: str, num_examples: int = 24, seed: int = 0) -> 
         w.add(e)
     paths.append(path)
   shards.write_manifest(
-      data_dir,
-      {
-          "name": "tiny",
-          "tokenizer": None,
-          "splits": {"train": shards.split_entry(paths, shards.SizeStats.of(examples))},
-      },
+    data_dir,
+    {
+      "name": "tiny",
+      "tokenizer": None,
+      "splits": {"train": shards.split_entry(paths, shards.SizeStats.of(examples))},
+    },
   )
   tokenizer.train(data_dir, vocab_size=40)
   return data_dir

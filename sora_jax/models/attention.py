@@ -85,16 +85,21 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Arr
 
 @register_backend("xla")
 def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale):
-  """The reference: materialized logits in float32, softmax, weighted sum."""
-  b, lq, h, d = q.shape
-  hkv = k.shape[2]
+  """The reference: materialized float32 logits, masked softmax, weighted sum."""
+  h, hkv = q.shape[2], k.shape[2]
   allowed = segment_mask(q_segment_ids, kv_segment_ids)
   if mask is not None:
     allowed &= mask
-  qg = q.reshape(b, lq, hkv, h // hkv, d)  # Grouped query heads share a key head.
-  logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(allowed[:, None, None], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  probs = jnp.where(allowed[:, None, None], probs, 0.0)  # Rows with no key -> zeros.
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v)
-  return out.reshape(b, lq, h, d)
+  if hkv != h:  # Grouped query heads share a key head.
+    k, v = jnp.repeat(k, h // hkv, axis=2), jnp.repeat(v, h // hkv, axis=2)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  logits = logits + jnp.where(allowed, 0.0, _MASKED)[:, None]
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  visible = jnp.any(allowed, axis=-1)  # [B, Lq]; a query with no key returns zeros.
+  return jnp.where(visible[..., None, None], out, 0).astype(q.dtype)
+
+
+# A large finite negative: exp underflows to 0, and a row with no visible key
+# stays finite (uniform) before it is zeroed.
+_MASKED = -1e30

@@ -1,0 +1,156 @@
+"""The train state and the jitted update step, shared by the training and benchmark binaries.
+
+The state is a plain dict of global arrays, sharded by the config's rules:
+
+  step            int32 scalar
+  params          the DiT's parameters (nested dict)
+  opt_state       optax state; moments shard like their parameters
+  nonfinite_step  the first step whose loss or gradient was not finite, or -1
+
+The EMA of the parameters travels beside it. A step whose loss or gradient is
+not finite leaves params, optimizer state and EMA untouched and records its
+number, so the host can stop with the last good state intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from data_pipelines import pipeline
+from sora_jax import factory, flops, flow, optim, sharding
+
+
+class Trainer:
+  """Model, optimizer, shardings and the compiled step for one config and mesh."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int):
+    self.cfg = cfg
+    self.mesh = mesh
+    self.rules = tuple(cfg.sharding.rules)
+    self.dit_cfg = factory.dit_config(cfg, vocab_size)
+    self.model = factory.Model(self.dit_cfg, mesh, self.rules)
+    self.counts = flops.param_counts(self.model.abstract_params)
+    self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps)
+    self.flow_cfg = factory.flow_config(cfg)
+    self.num_segments = factory.num_segments(cfg)
+    self.ema_decay = float(cfg.optim.ema_decay)
+    self.base_key = jax.random.key(cfg.seed)
+
+    with jax.set_mesh(mesh):
+      abstract = jax.eval_shape(self._init_state, self.model.abstract_params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.state_shardings = {
+      "step": replicated,
+      "params": self.model.param_shardings,
+      "opt_state": _follow(abstract["opt_state"], self.model.param_shardings, replicated),
+      "nonfinite_step": replicated,
+    }
+    self.abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      self.state_shardings,
+    )
+    self.batch_shardings = {
+      k: sharding.named_sharding(("batch",), self.rules, mesh) for k in pipeline.BATCH_KEYS
+    }
+    self._jitted_step = jax.jit(
+      self._step,
+      in_shardings=(self.state_shardings, self.model.param_shardings, self.batch_shardings),
+      out_shardings=(self.state_shardings, self.model.param_shardings, None),
+      donate_argnums=(0, 1),
+    )
+
+  # --------------------------------------------------------------------------
+  # State.
+  # --------------------------------------------------------------------------
+
+  def _init_state(self, params):
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": self.tx.init(params),
+      "nonfinite_step": jnp.full((), -1, jnp.int32),
+    }
+
+  def init(self, seed: int) -> tuple[dict[str, Any], Any]:
+    """A fresh (state, ema), created directly in their shards."""
+    params = self.model.init(seed)
+    with jax.set_mesh(self.mesh):
+      state = jax.jit(self._init_state, out_shardings=self.state_shardings)(params)
+    return state, jax.tree.map(jnp.copy, params)
+
+  # --------------------------------------------------------------------------
+  # The update step.
+  # --------------------------------------------------------------------------
+
+  def _step(self, state, ema, batch):
+    step = state["step"] + 1
+    rng = jax.random.fold_in(self.base_key, step)
+
+    def loss_of(params):
+      net = self.model.merge(params)
+      return flow.loss_fn(net, batch, rng, self.flow_cfg, self.num_segments)
+
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = {
+      "step": step,
+      "params": keep(params, state["params"]),
+      "opt_state": keep(opt_state, state["opt_state"]),
+      "nonfinite_step": jnp.where(
+        (state["nonfinite_step"] < 0) & ~finite, step, state["nonfinite_step"]
+      ),
+    }
+    new_ema = keep(optim.ema_update(ema, params, step, self.ema_decay), ema)
+    metrics = {
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "param_norm": optax.tree.norm(state["params"]),
+      "update_norm": optax.tree.norm(updates),
+      "lr": self.lr_schedule(state["step"]),
+      "examples": aux["num_examples"],
+    }
+    return new_state, new_ema, metrics
+
+  def step(self, state, ema, batch):
+    """One update: (state, ema, global batch) -> (state, ema, metrics). Donates state and ema."""
+    with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
+      return self._jitted_step(state, ema, batch)
+
+  def lower(self, batch_spec):
+    """The step lowered for a batch of the given ShapeDtypeStructs (ahead-of-time compile)."""
+    with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
+      return self._jitted_step.lower(self.abstract_state, self.model.abstract_params, batch_spec)
+
+  def step_flops(self, local_batch) -> float:
+    """Useful training FLOPs of this process's rows (see sora_jax.flops)."""
+    return flops.step_flops(local_batch, self.counts, self.dit_cfg)
+
+
+def _follow(opt_state, param_shardings, replicated):
+  """Optimizer moments shard like their parameters (matched by path suffix); the rest replicate."""
+  by_path = {
+    tuple(map(str, p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+  }
+
+  def one(path, leaf):
+    keys = tuple(map(str, path))
+    if leaf.shape:
+      for n in range(len(keys)):
+        if keys[n:] in by_path:
+          return by_path[keys[n:]]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, opt_state)

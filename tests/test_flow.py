@@ -1,0 +1,52 @@
+"""Rectified flow: per-example timesteps, the token-count shift, and per-example loss weighting."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax import flow
+
+
+def test_timesteps_are_constant_within_a_segment_and_in_range():
+  seg = jnp.asarray([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+  t = np.asarray(flow.sample_timesteps(jax.random.key(0), seg, 4, flow.FlowConfig()))
+  assert t.shape == seg.shape and np.all((t > 0) & (t < 1))
+  for b, row in enumerate(np.asarray(seg)):
+    for s in set(row.tolist()) - {0}:
+      assert len(set(t[b, row == s].tolist())) == 1
+
+
+def test_shift_grows_with_token_count():
+  cfg = flow.FlowConfig(shift_base_tokens=256, shift_min=0.25, shift_max=8.0)
+  counts = jnp.asarray([16.0, 256.0, 1024.0, 4096.0])
+  shift = np.asarray(flow.shift_for(counts, cfg))
+  np.testing.assert_allclose(shift, [0.25, 1.0, 2.0, 4.0])
+  t = jnp.full(4, 0.5)
+  shifted = np.asarray(flow.shifted(t, jnp.asarray(shift)))
+  assert np.all(np.diff(shifted) > 0)  # Bigger examples get noisier timesteps.
+  np.testing.assert_allclose(flow.shifted(jnp.asarray([0.0, 1.0]), 3.0), [0.0, 1.0])
+
+
+def test_mean_weights_examples_equally_whatever_their_length():
+  seg = jnp.asarray([[1] * 12 + [2] * 2 + [0] * 2])
+  values = jnp.asarray([[1.0] * 12 + [3.0] * 2 + [100.0] * 2])
+  mean, n = flow.segment_mean(values, seg, 3)
+  assert int(n) == 2
+  np.testing.assert_allclose(float(mean), 2.0)  # (1 + 3) / 2, padding ignored.
+
+
+def test_loss_is_zero_for_a_perfect_velocity_model():
+  """A model that knows x0 predicts the velocity exactly."""
+  x0 = jnp.asarray(np.random.default_rng(0).standard_normal((1, 6, 4)), jnp.float32)
+  batch = {
+    "tokens": x0,
+    "coords": jnp.zeros((1, 6, 3), jnp.int32),
+    "segment_ids": jnp.asarray([[1, 1, 1, 2, 2, 2]]),
+    "text_ids": jnp.zeros((1, 2), jnp.int32),
+    "text_segment_ids": jnp.asarray([[1, 2]]),
+  }
+  # x_t = (1 - t) x0 + t eps  =>  (x_t - x0) / t = eps - x0 = v.
+  loss, aux = flow.loss_fn(
+    lambda *a: (a[0] - x0) / a[3][..., None], batch, jax.random.key(1), flow.FlowConfig(), 3
+  )
+  assert float(loss) < 1e-8 and int(aux["num_examples"]) == 2

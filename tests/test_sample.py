@@ -1,0 +1,149 @@
+"""Sampling from a trained checkpoint: shapes, packing independence, outputs, and bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines import media
+from experiments import dit_tiny
+from sora_jax import sample, sampling, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_data_dir):
+  cfg = dit_tiny.get_config()
+  cfg.data.data_dir = tiny_data_dir
+  cfg.train.num_steps = 4
+  cfg.train.checkpoint_every = 2
+  wd = str(tmp_path_factory.mktemp("sample_workdir"))
+  train.train(cfg, wd)
+  return wd
+
+
+def test_sampler_returns_requested_shapes(workdir):
+  requests = [
+    sampling.Request("a red square", 3, 24, 40, seed=0),  # ~16:9
+    sampling.Request("a blue square", 3, 40, 24, seed=1),  # ~9:16
+    sampling.Request("a green square", 2, 32, 32, seed=2),  # 1:1
+    sampling.Request("a red square", 1, 16, 48, seed=3),  # an image
+  ]
+  videos, _, step = sample.generate(workdir, requests, steps=2, progress=False)
+  assert step == 4
+  for req, video in zip(requests, videos, strict=True):
+    assert video.shape == (req.num_frames, req.height, req.width, 3)
+    assert video.dtype == np.uint8
+
+
+def test_a_request_does_not_depend_on_what_shares_its_row(workdir):
+  alone, _, _ = sample.generate(
+    workdir, [sampling.Request("a red square", 2, 16, 24, seed=7)], steps=2, progress=False
+  )
+  packed, _, _ = sample.generate(
+    workdir,
+    [
+      sampling.Request("a blue square", 3, 24, 24, seed=1),
+      sampling.Request("a red square", 2, 16, 24, seed=7),
+    ],
+    steps=2,
+    progress=False,
+  )
+  np.testing.assert_allclose(alone[0].astype(int), packed[1].astype(int), atol=1)
+
+
+def test_several_requests_share_rows():
+  from data_pipelines import sizing
+  from data_pipelines.pipeline import Options
+
+  class Tok:
+    def ids(self, caption, max_len):
+      return [5, 3]
+
+  geom = sizing.Geometry(patch=(1, 8, 8))
+  opts = Options(seq_len=64, max_examples_per_row=4, max_text_len=4, max_tokens_per_example=64)
+  reqs = [sampling.Request("x", 2, 16, 16, seed=i) for i in range(6)]  # 8 tokens each
+  rows = sampling.pack_requests(reqs, geom, Tok(), opts)
+  assert rows["tokens"].shape[0] == 2  # 4 per row (the cap), then 2.
+  assert set(np.unique(rows["request"])) == set(range(7))
+
+
+def _sample_cmd(workdir, out, *args):
+  return [sys.executable, "-m", "sora_jax.sample", f"--workdir={workdir}", f"--output={out}", *args]
+
+
+def _run(cmd):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sample_binary_writes_videos_images_and_a_contact_sheet(workdir, tmp_path):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text(
+    'a green square\n{"prompt": "a blue square", "width": 16, "height": 32, "num_frames": 1}\n'
+  )
+  out = tmp_path / "out"
+  r = _run(
+    _sample_cmd(
+      workdir,
+      out,
+      "--prompt=a red square",
+      f"--prompts_file={prompts}",
+      "--width=24",
+      "--height=16",
+      "--num_frames=3",
+      "--steps=2",
+      "--num_variants=2",
+      "--sampler=euler",
+    )
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  files = sorted(os.listdir(out))
+  assert files == [
+    "000_a_red_square_v0.mp4",
+    "000_a_red_square_v1.mp4",
+    "001_a_green_square_v0.mp4",
+    "001_a_green_square_v1.mp4",
+    "002_a_blue_square_v0.png",
+    "002_a_blue_square_v1.png",
+    "contact_sheet.png",
+  ]
+  video = media.decode_video(str(out / "000_a_red_square_v0.mp4"))
+  assert video.shape == (3, 16, 24, 3)
+  assert Image.open(out / "002_a_blue_square_v0.png").size == (16, 32)
+  assert Image.open(out / "contact_sheet.png").size[0] > 100
+  assert str(out) in r.stdout
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--width=20", "--height=16"], "must be multiples of 8"),
+    (["--width=0"], "must be positive"),
+    (["--num_frames=-2"], "must be positive"),
+    (["--width=512", "--height=512", "--num_frames=8"], "config.data.seq_len"),
+    (["--step=999"], "--step=999: not found"),
+  ],
+)
+def test_sample_binary_rejects_bad_input_with_one_line(workdir, tmp_path, args, message):
+  r = _run(_sample_cmd(workdir, tmp_path / "o", "--prompt=a red square", *args))
+  assert r.returncode != 0
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, last
+
+
+def test_sample_binary_without_checkpoint_or_prompts(tmp_path, workdir):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  r = _run(_sample_cmd(str(empty), tmp_path / "o", "--prompt=x"))
+  assert r.returncode != 0 and "no checkpoints found" in r.stderr.strip().splitlines()[-1]
+  blank = tmp_path / "blank.txt"
+  blank.write_text("\n\n")
+  r = _run(_sample_cmd(workdir, tmp_path / "o", f"--prompts_file={blank}"))
+  assert r.returncode != 0 and "holds no prompts" in r.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in r.stderr
