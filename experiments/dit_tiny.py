@@ -18,7 +18,7 @@ def get_config(arg=None):
     max_text_len=8,
     num_packing_bins=4,
   )
-  c.model.update(depth=2, width=64, heads=2, dtype="float32", remat="none")
+  c.model.update(patch=(1, 4, 4), depth=2, width=64, heads=2, dtype="float32", remat="none")
   c.model.text.update(width=32, depth=1, heads=1)
   c.optim.update(lr=3e-3, warmup_steps=2, weight_decay=0.0, ema_decay=0.9)
   c.train.update(

@@ -28,9 +28,9 @@ def workdir(tmp_path_factory, tiny_data_dir):
 
 def test_sampler_returns_requested_shapes(workdir):
   requests = [
-    sampling.Request("a red square", 3, 24, 40, seed=0),  # ~16:9
-    sampling.Request("a blue square", 3, 40, 24, seed=1),  # ~9:16
-    sampling.Request("a green square", 2, 32, 32, seed=2),  # 1:1
+    sampling.Request("a red square", 3, 16, 28, seed=0),  # ~16:9
+    sampling.Request("a blue square", 3, 28, 16, seed=1),  # ~9:16
+    sampling.Request("a green square", 2, 24, 24, seed=2),  # 1:1
     sampling.Request("a red square", 1, 16, 48, seed=3),  # an image
   ]
   videos, _, step = sample.generate(workdir, requests, steps=2, progress=False)
@@ -42,13 +42,14 @@ def test_sampler_returns_requested_shapes(workdir):
 
 def test_a_request_does_not_depend_on_what_shares_its_row(workdir):
   alone, _, _ = sample.generate(
-    workdir, [sampling.Request("a red square", 2, 16, 24, seed=7)], steps=2, progress=False
+    workdir, [sampling.Request("a red square", 2, 16, 16, seed=7)], steps=2, progress=False
   )
   packed, _, _ = sample.generate(
     workdir,
+    # 72 + 32 tokens: both requests share one 128-token row.
     [
-      sampling.Request("a blue square", 3, 24, 24, seed=1),
-      sampling.Request("a red square", 2, 16, 24, seed=7),
+      sampling.Request("a blue square", 3, 16, 24, seed=1),
+      sampling.Request("a red square", 2, 16, 16, seed=7),
     ],
     steps=2,
     progress=False,
@@ -122,7 +123,7 @@ def test_sample_binary_writes_videos_images_and_a_contact_sheet(workdir, tmp_pat
 @pytest.mark.parametrize(
   "args, message",
   [
-    (["--width=20", "--height=16"], "must be multiples of 8"),
+    (["--width=18", "--height=16"], "must be multiples of 4"),
     (["--width=0"], "must be positive"),
     (["--num_frames=-2"], "must be positive"),
     (["--width=512", "--height=512", "--num_frames=8"], "config.data.seq_len"),
