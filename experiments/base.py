@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     shift_power=0.5,
     shift_min=0.5,
     shift_max=8.0,
+    prediction="velocity",  # or "data": the network outputs x0 (see sora_jax/flow.py).
+    min_t=0.05,
   )
 
   # Optimizer (sora_jax.optim).

@@ -1,4 +1,7 @@
-"""DiT-B: 12 layers x 768 wide, 12 heads (~120M parameters with its text encoder).
+"""DiT-B: 12 layers x 768 wide, 12 heads.
+
+120M DiT parameters plus a 29M text encoder (at a 32k vocabulary); measured by
+tests/test_configs.py.
 
 python -m sora_jax.train --config=experiments/dit_b.py --workdir=DIR --config.data.data_dir=DATA
 """

@@ -1,4 +1,7 @@
-"""DiT-S: 12 layers x 384 wide, 6 heads (~30M parameters with its text encoder).
+"""DiT-S: 12 layers x 384 wide, 6 heads.
+
+30M DiT parameters plus a 10M text encoder (at a 32k vocabulary); measured by
+tests/test_configs.py.
 
 python -m sora_jax.train --config=experiments/dit_s.py --workdir=DIR --config.data.data_dir=DATA
 """

@@ -107,6 +107,11 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     0 < cfg.flow.shift_min <= cfg.flow.shift_max,
     f"config.flow.shift_min={cfg.flow.shift_min}, shift_max={cfg.flow.shift_max}: need 0 < min <= max",
   )
+  _require(
+    cfg.flow.prediction in ("velocity", "data"),
+    f"config.flow.prediction={cfg.flow.prediction!r}; allowed: 'velocity', 'data'",
+  )
+  _require(0 < cfg.flow.min_t <= 1, f"config.flow.min_t={cfg.flow.min_t}: allowed (0, 1]")
   _require(o.lr > 0, f"config.optim.lr={o.lr}: must be positive")
   _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
   _require(o.clip_norm > 0, f"config.optim.clip_norm={o.clip_norm}: must be positive")
@@ -168,11 +173,10 @@ def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def from_json(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """The inverse of `to_json`, restoring tuples where the base config has them."""
-  cfg = ml_collections.ConfigDict(dict(d))
-  with cfg.unlocked():
-    cfg.model.patch = tuple(cfg.model.patch)
-    cfg.sharding.rules = tuple(
-      (r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in cfg.sharding.rules
-    )
-  return cfg
+  """The inverse of `to_json`, restoring the tuples JSON turned into lists."""
+  d = json.loads(json.dumps(dict(d)))  # A deep copy.
+  d["model"]["patch"] = tuple(d["model"]["patch"])
+  d["sharding"]["rules"] = tuple(
+    (r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in d["sharding"]["rules"]
+  )
+  return ml_collections.ConfigDict(d)

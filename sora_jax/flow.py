@@ -18,7 +18,9 @@ where n is the example's token count (SD3's resolution-dependent shift,
 with the token count in place of the pixel count). Sampling applies the same
 shift to its uniform time grid, per example.
 
-The loss is the squared error of v averaged over each example's tokens and
+The network may output v directly (`prediction="velocity"`) or a clean
+estimate x0_hat from which v = (x_t - x0_hat) / t (`prediction="data"`); the
+loss and the sampler always work with velocities. The loss is the squared error of v averaged over each example's tokens and
 features, then over the examples of the batch, so one long video does not
 outweigh the images packed beside it.
 """
@@ -41,6 +43,10 @@ class FlowConfig:
   shift_power: float = 0.5
   shift_min: float = 0.5
   shift_max: float = 8.0
+  prediction: str = "velocity"  # What the network outputs: "velocity", or "data" (x0).
+  # "data" prediction: the loss is |x0 - x0_hat|^2 / max(t, min_t)^2, the velocity
+  # error with its weight on near-clean timesteps capped (min_t = 1: the x0 error).
+  min_t: float = 0.05
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> FlowConfig:
@@ -94,6 +100,24 @@ def segment_mean(values: jax.Array, segment_ids: jax.Array, num_segments: int):
   return per_example.sum() / jnp.maximum(n, 1), n
 
 
+def velocity(
+  out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig, *, min_t: float = 0.0
+) -> jax.Array:
+  """The velocity a network output stands for.
+
+  "velocity": the output is v itself. "data": the output is a clean estimate
+  x0_hat and v = (x_t - x0_hat) / t, the straight line from it through x_t
+  (JiT, Li & He 2025): the network then only has to produce clean data, which
+  lies on a low-dimensional manifold, instead of reproducing every dimension
+  of the noise; for large pixel patches that is the difference between
+  learning and not. `min_t` clips the division (training only; sampling
+  divides by the exact t > 0).
+  """
+  if cfg.prediction == "velocity":
+    return out
+  return (xt - out) / jnp.maximum(t, min_t)[..., None]
+
+
 def loss_fn(
   model, batch: Mapping[str, jax.Array], rng: jax.Array, cfg: FlowConfig, num_segments: int
 ):
@@ -106,7 +130,8 @@ def loss_fn(
   noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
   xt = jnp.where(real, (1.0 - t[..., None]) * x0 + t[..., None] * noise, 0.0)
   target = noise - x0
-  pred = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
+  out = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
+  pred = velocity(out, xt, t, cfg, min_t=cfg.min_t)
   token_loss = jnp.mean(jnp.square(pred - target), axis=-1)  # [B, L]
   loss, num_examples = segment_mean(token_loss, seg, num_segments)
   return loss, {"num_examples": num_examples, "real_tokens": (seg > 0).sum()}

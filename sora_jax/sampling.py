@@ -104,11 +104,10 @@ class Sampler:
   def _velocity(self, params, x, t, rows, cfg_scale, guided):
     net = self.model.merge(params)
     if not guided:
-      return net(
-        x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"]
-      )
+      out = net(x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"])
+      return flow.velocity(out, x, t, self.flow_cfg)
     both = lambda a, b: jnp.concatenate([a, b], axis=0)
-    v = net(
+    out = net(
       both(x, x),
       both(rows["coords"], rows["coords"]),
       both(rows["segment_ids"], rows["segment_ids"]),
@@ -116,7 +115,7 @@ class Sampler:
       both(rows["text_ids"], rows["uncond_text_ids"]),
       both(rows["text_segment_ids"], rows["uncond_text_segment_ids"]),
     )
-    v_cond, v_uncond = jnp.split(v, 2, axis=0)
+    v_cond, v_uncond = jnp.split(flow.velocity(out, both(x, x), both(t, t), self.flow_cfg), 2, axis=0)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
   def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
