@@ -36,7 +36,7 @@ test: lint
 # Rerunning resumes: the data is kept and training continues from its last checkpoint.
 demo: install
 	@test -f $(OUT)/data/manifest.json || $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data --num_examples=10000 --seed=0
-	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=64
+	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=128
 	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data
 	$(PY) -m sora_jax.sample --workdir=$(OUT)/run --prompts_file=experiments/demo_prompts.jsonl --output=$(OUT)/samples
 	$(PY) -m sora_jax.evaluate --workdir=$(OUT)/run --data_dir=$(OUT)/data --output=$(OUT)/eval

@@ -83,6 +83,16 @@ def padded_fractions(cfg, data_dir: str, num_examples: int) -> dict[str, float]:
   }
 
 
+def report(result: dict, output_json: str | None = None) -> None:
+  """Prints a result table (shared by the benchmark binaries) and optionally writes JSON."""
+  width = max(map(len, result))
+  for k, v in result.items():
+    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+  if output_json:
+    with open(output_json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
 def run(
   cfg, data_dir: str | None, num_batches: int, workers: list[int], synthetic_examples: int = 4000
 ) -> dict:
@@ -91,7 +101,7 @@ def run(
     synthetic.generate(
       synthetic.Options(output_dir=data_dir, num_examples=synthetic_examples), False
     )
-    tokenizer.train(data_dir, vocab_size=64)
+    tokenizer.train(data_dir, vocab_size=128)
   result = {
     "data_dir": data_dir,
     "seq_len": cfg.data.seq_len,
@@ -117,12 +127,7 @@ def main(argv: Sequence[str]) -> None:
     result = run(FLAGS.config, FLAGS.data_dir, FLAGS.num_batches, workers, FLAGS.synthetic_examples)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  width = max(map(len, result))
-  for k, v in result.items():
-    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  if FLAGS.output_json:
-    with open(FLAGS.output_json, "w") as f:
-      json.dump(result, f, indent=2)
+  report(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class Options:
   max_examples_per_row: int = 8  # K: cap on segments per row.
   max_tokens_per_example: int = 512  # Token budget each example is resized to fit.
   max_frames: int = 16  # Pixel frames taken from a video at most.
+  frame_stride: int = 1  # Take every k-th frame (at most k; less when a clip is short).
   min_frame_tokens: int = 16  # Below this many patches per frame, drop frames instead.
   min_token_fraction: float = 1.0  # < 1: NaViT random resolution, budget ~ U[f, 1].
   token_drop_rate: float = 0.0  # > 0: drop up to this fraction of each example's tokens.
@@ -87,8 +88,10 @@ class Options:
       raise ValueError(f"data.token_drop_rate={self.token_drop_rate}; allowed [0, 1)")
     if not 0.0 < self.min_token_fraction <= 1.0:
       raise ValueError(f"data.min_token_fraction={self.min_token_fraction}; allowed (0, 1]")
-    if self.max_examples_per_row < 1 or self.max_text_len < 1 or self.max_frames < 1:
-      raise ValueError("data.max_examples_per_row, max_text_len and max_frames must be >= 1")
+    if min(self.max_examples_per_row, self.max_text_len, self.max_frames, self.frame_stride) < 1:
+      raise ValueError(
+        "data.max_examples_per_row, max_text_len, max_frames and frame_stride must be >= 1"
+      )
 
 
 # ------------------------------------------------------------------------------
@@ -189,8 +192,10 @@ class Tokenize:
     try:
       ex = self.decode_record(record)
       frames, height, width = self.choose_size(ex, rng)
-      start = int(rng.integers(ex.num_frames - frames + 1))
-      pixels = media.decode(ex, start_frame=start, max_frames=frames)
+      stride = max(1, min(self.opts.frame_stride, (ex.num_frames - 1) // max(frames - 1, 1)))
+      span = (frames - 1) * stride + 1
+      start = int(rng.integers(ex.num_frames - span + 1))
+      pixels = media.decode(ex, start_frame=start, max_frames=span)[::stride]
     except (schema.SchemaError, media.MediaError) as e:
       logging.warning("skipping a record that does not decode: %s", e)
       return None

@@ -48,8 +48,17 @@ class Tokenizer:
     return self._sp.get_piece_size()
 
   def ids(self, caption: str, max_len: int) -> list[int]:
-    """Ids of one caption, eos-terminated and truncated to max_len."""
+    """Ids of one caption, eos-terminated and truncated to max_len (with a warning)."""
     ids = self._sp.encode(caption.strip()) if caption.strip() else []
+    if len(ids) >= max_len:
+      logging.log_every_n(
+        logging.WARNING,
+        "a caption of %d tokens is cut to max_text_len=%d (%r); raise data.max_text_len",
+        1000,
+        len(ids) + 1,
+        max_len,
+        caption,
+      )
     return (ids[: max_len - 1] + [EOS_ID])[:max_len]
 
   def encode(self, captions: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +90,13 @@ def iter_captions(data_dir: str, split: str = "train") -> Iterator[str]:
       yield from example.captions
 
 
-def train(data_dir: str, vocab_size: int, split: str = "train") -> str:
-  """Trains on every caption of `split`; returns the model path."""
+def train(data_dir: str, vocab_size: int, split: str = "train", model_type: str = "bpe") -> str:
+  """Trains on every caption of `split`; returns the model path.
+
+  BPE by default: on small or repetitive caption sets (the built-in dataset has
+  a few hundred distinct captions) unigram training collapses to near
+  character-level pieces, tripling caption lengths; BPE learns whole words.
+  """
   captions = [c for c in iter_captions(data_dir, split) if c.strip()]
   if not captions:
     raise shards.DatasetError(f"split {split!r} of {data_dir} has no non-empty captions")
@@ -91,7 +105,7 @@ def train(data_dir: str, vocab_size: int, split: str = "train") -> str:
     sentence_iterator=iter(c.strip() for c in captions),
     model_writer=model,
     vocab_size=vocab_size,
-    model_type="unigram",
+    model_type=model_type,
     character_coverage=1.0,
     hard_vocab_limit=False,  # Small caption sets may have fewer pieces.
     pad_id=PAD_ID,
@@ -108,6 +122,17 @@ def train(data_dir: str, vocab_size: int, split: str = "train") -> str:
   return path
 
 
+def caption_lengths(tok: Tokenizer, captions: Iterable[str]) -> dict[str, int]:
+  """Token counts (eos included) of captions: count, median, 99th percentile, max."""
+  lengths = np.asarray([len(tok.ids(c, 1 << 30)) for c in captions])
+  return {
+    "count": int(lengths.size),
+    "median": int(np.median(lengths)),
+    "p99": int(np.percentile(lengths, 99)),
+    "max": int(lengths.max()),
+  }
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   FLAGS = flags.FLAGS
@@ -116,12 +141,17 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.vocab_size < 8:
     sys.exit(f"error: --vocab_size={FLAGS.vocab_size}; must be at least 8")
   try:
-    path = train(FLAGS.data_dir, FLAGS.vocab_size, FLAGS.split)
+    path = train(FLAGS.data_dir, FLAGS.vocab_size, FLAGS.split, FLAGS.model_type)
   except shards.DatasetError as e:
     sys.exit(f"error: {e}")
   tok = Tokenizer(path)
-  logging.info("tokenizer with %d pieces written to %s", tok.vocab_size, path)
+  stats = caption_lengths(tok, iter_captions(FLAGS.data_dir, FLAGS.split))
   print(f"tokenizer: {tok.vocab_size} pieces -> {path}")
+  print(
+    f"captions: {stats['count']} in {FLAGS.split!r}, tokens with eos: median {stats['median']}, "
+    f"99th percentile {stats['p99']}, max {stats['max']}; "
+    f"use data.max_text_len >= {stats['p99']}"
+  )
 
 
 if __name__ == "__main__":
@@ -130,4 +160,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", None, "Dataset directory (with manifest.json).")
   flags.DEFINE_integer("vocab_size", 256, "Target vocabulary size (an upper bound).")
   flags.DEFINE_string("split", "train", "Split whose captions train the tokenizer.")
+  flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram", "word", "char"], "Sentencepiece model.")
   app.run(main)

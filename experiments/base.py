@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     max_examples_per_row=16,  # K: cap on examples per row.
     max_tokens_per_example=4096,
     max_frames=33,
+    frame_stride=1,
     min_frame_tokens=64,
     min_token_fraction=1.0,  # < 1: NaViT random resolution.
     token_drop_rate=0.0,
@@ -111,5 +112,5 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # Sampling defaults (sora_jax.sample).
-  c.sample = dict(steps=50, cfg_scale=5.0, sampler="heun", fps=8)
+  c.sample = dict(steps=50, cfg_scale=5.0, sampler="heun", fps=8, guidance_interval=(0.0, 1.0))
   return c

@@ -16,7 +16,6 @@ in a temporary directory first.
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipelines import benchmark as data_benchmark
 from data_pipelines import pipeline, synthetic, tokenizer
 from sora_jax import config_lib, factory, flops, input_pipeline, sharding
 from sora_jax.trainer import Trainer
@@ -51,7 +51,7 @@ def ensure_data(cfg, num_examples: int = 2000) -> None:
   tmp = tempfile.mkdtemp(prefix="sora_jax_bench_")
   logging.info("no data_dir: generating %d synthetic examples in %s", num_examples, tmp)
   synthetic.generate(synthetic.Options(output_dir=tmp, num_examples=num_examples, seed=0), False)
-  tokenizer.train(tmp, vocab_size=64)
+  tokenizer.train(tmp, vocab_size=128)
   cfg.data.data_dir = tmp
 
 
@@ -167,12 +167,7 @@ def main(argv: Sequence[str]) -> None:
     result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples)
   except (config_lib.ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
-  width = max(map(len, result))
-  for k, v in result.items():
-    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  if FLAGS.output_json:
-    with open(FLAGS.output_json, "w") as f:
-      json.dump(result, f, indent=2)
+  data_benchmark.report(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import os
 from typing import Any
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -100,7 +99,3 @@ def restore_ema(workdir: str, step: int, abstract_ema: Any) -> Any:
     return restored["ema"]
   finally:
     mngr.close()
-
-
-def process_is_writer() -> bool:
-  return jax.process_index() == 0

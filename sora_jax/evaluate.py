@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import contact_sheet, media, readback, shards, vocab
-from sora_jax import checkpointing, sample, sampling
+from data_pipelines import contact_sheet, media, readback, shards, sizing, vocab
+from sora_jax import checkpointing, config_lib, factory, sample, sampling
 
 FLAGS = flags.FLAGS
 CHANCE = {
@@ -38,7 +38,12 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "The synthetic dataset the prompts come from.")
   flags.DEFINE_string("split", "eval", "Split whose captions are the prompts.")
   flags.DEFINE_integer("num_prompts", 48, "At most this many distinct captions.")
-  flags.DEFINE_string("sizes", "8x32x32,8x32x56,8x56x32", "FRAMESxHEIGHTxWIDTH sizes to cycle.")
+  flags.DEFINE_string(
+    "sizes",
+    None,
+    "FRAMESxHEIGHTxWIDTH sizes to cycle (default: the sizes 1:1, 16:9 and 9:16 clips are "
+    "trained at under the run's token budget).",
+  )
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's).")
   flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the config's).")
@@ -55,6 +60,17 @@ def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
       raise sampling.RequestError(f"--sizes entry {part!r}: expected FRAMESxHEIGHTxWIDTH") from None
     sizes.append((t, h, w))
   return sizes
+
+
+def training_sizes(cfg) -> list[tuple[int, int, int]]:
+  """Where 128x128, 72x128 and 128x72 clips land under the config's token budget."""
+  geom, d = factory.geometry(cfg), cfg.data
+  return [
+    sizing.target_size(
+      geom, d.max_frames, h, w, d.max_tokens_per_example, d.max_frames, d.min_frame_tokens
+    )
+    for h, w in ((128, 128), (72, 128), (128, 72))
+  ]
 
 
 def eval_prompts(data_dir: str, split: str, limit: int) -> list[str]:
@@ -114,7 +130,12 @@ def main(argv: Sequence[str]) -> None:
     prompts = eval_prompts(FLAGS.data_dir, FLAGS.split, FLAGS.num_prompts)
     if not prompts:
       raise sampling.RequestError(f"split {FLAGS.split!r} of {FLAGS.data_dir} has no captions")
-    requests = requests_for(prompts, parse_sizes(FLAGS.sizes), FLAGS.seed)
+    if FLAGS.sizes:
+      sizes = parse_sizes(FLAGS.sizes)
+    else:
+      _, config = checkpointing.restore_config(FLAGS.workdir, FLAGS.step)
+      sizes = training_sizes(config_lib.from_json(config))
+    requests = requests_for(prompts, sizes, FLAGS.seed)
     videos, _, step = sample.generate(
       FLAGS.workdir, requests, step=FLAGS.step, steps=FLAGS.steps, cfg_scale=FLAGS.cfg_scale
     )

@@ -133,6 +133,7 @@ def generate(
       steps=steps or cfg.sample.steps,
       cfg_scale=cfg.sample.cfg_scale if cfg_scale is None else cfg_scale,
       method=sampler or cfg.sample.sampler,
+      guidance_interval=tuple(cfg.sample.get("guidance_interval", (0.0, 1.0))),
       progress=progress,
       put=sampling.batch_put(mesh, rules),
     )

@@ -104,7 +104,9 @@ class Sampler:
   def _velocity(self, params, x, t, rows, cfg_scale, guided):
     net = self.model.merge(params)
     if not guided:
-      out = net(x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"])
+      out = net(
+        x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"]
+      )
       return flow.velocity(out, x, t, self.flow_cfg)
     both = lambda a, b: jnp.concatenate([a, b], axis=0)
     out = net(
@@ -115,7 +117,9 @@ class Sampler:
       both(rows["text_ids"], rows["uncond_text_ids"]),
       both(rows["text_segment_ids"], rows["uncond_text_segment_ids"]),
     )
-    v_cond, v_uncond = jnp.split(flow.velocity(out, both(x, x), both(t, t), self.flow_cfg), 2, axis=0)
+    v_cond, v_uncond = jnp.split(
+      flow.velocity(out, both(x, x), both(t, t), self.flow_cfg), 2, axis=0
+    )
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
   def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
@@ -142,10 +146,19 @@ class Sampler:
     steps: int,
     cfg_scale: float,
     method: str = "heun",
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     progress: bool = True,
     put: Callable[[dict], dict] | None = None,
   ) -> np.ndarray:
-    """Denoised tokens `[R, L, patch_dim]` of packed `rows` (from `pack_requests`)."""
+    """Denoised tokens `[R, L, patch_dim]` of packed `rows` (from `pack_requests`).
+
+    Guidance applies only to steps starting at a time t in `guidance_interval`
+    (Kynkaanniemi et al. 2024): at the highest noise levels it pushes every
+    position towards the prompt's average look instead of one coherent layout.
+    """
+    lo, hi = guidance_interval
+    if not 0.0 <= lo <= hi <= 1.0:
+      raise RequestError(f"guidance_interval={guidance_interval}; need 0 <= lo <= hi <= 1")
     if method not in SAMPLERS:
       raise RequestError(f"--sampler={method!r}; allowed: {SAMPLERS}")
     if steps < 1:
@@ -169,7 +182,7 @@ class Sampler:
         jnp.float32(grid[i + 1]),
         jnp.float32(cfg_scale),
         method=method,
-        guided=guided,
+        guided=guided and lo <= grid[i] <= hi,
       )
     return np.asarray(jax.device_get(x))
 

@@ -259,3 +259,28 @@ def test_tfds_and_array_record_sources_give_identical_batches(tiny_data_dir, tmp
   for a, b in zip(*streams, strict=True):
     for k in pipeline.BATCH_KEYS:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_frame_stride_spans_the_clip_and_shrinks_for_short_clips():
+  from data_pipelines import media, schema
+
+  def clip(num_frames):
+    frames = np.zeros((num_frames, 16, 16, 3), np.uint8)
+    frames[:] = (np.arange(num_frames) * 8)[:, None, None, None]  # Frame i has value 8 i.
+    data, fmt = media.encode_raw(frames, compress=False)
+    return schema.serialize(
+      schema.Example(data, fmt, 8.0, num_frames, 16, 16, ("a clip",), f"clip{num_frames}")
+    )
+
+  class Tok:
+    def ids(self, caption, max_len):
+      return [3]
+
+  opts = _opts(max_frames=4, frame_stride=3, min_frame_tokens=1, max_tokens_per_example=64)
+  tokenize = pipeline.Tokenize(opts, sizing.Geometry(patch=(1, 8, 8)), Tok())
+  for num_frames, stride in ((30, 3), (7, 2), (4, 1)):
+    out = tokenize(clip(num_frames), np.random.default_rng(0))
+    # Token features are pixels in [-1, 1]; the first value of each frame's tokens gives its index.
+    values = out["tokens"].reshape(4, -1)[:, 0]
+    index = np.round((values + 1) * 127.5 / 8).astype(int)
+    np.testing.assert_array_equal(np.diff(index), stride)
