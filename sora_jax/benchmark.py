@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from data_pipelines import benchmark as data_benchmark
 from data_pipelines import pipeline, synthetic, tokenizer
-from sora_jax import config_lib, factory, flops, input_pipeline, sharding
+from sora_jax import config_lib, distributed, factory, flops, input_pipeline, sharding
 from sora_jax.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -37,6 +37,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  distributed.define_flags()
   flags.DEFINE_integer("steps", 10, "Timed steps per layout.")
   flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation).")
   flags.DEFINE_bool("padded", True, "Also time the padded-bucket layout.")
@@ -163,6 +164,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
+  distributed.initialize_from_flags()
   try:
     result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples)
   except (config_lib.ConfigError, ValueError) as e:

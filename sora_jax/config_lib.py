@@ -173,10 +173,13 @@ def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def from_json(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """The inverse of `to_json`, restoring the tuples JSON turned into lists."""
-  d = json.loads(json.dumps(dict(d)))  # A deep copy.
-  d["model"]["patch"] = tuple(d["model"]["patch"])
-  d["sharding"]["rules"] = tuple(
-    (r[0], tuple(r[1]) if isinstance(r[1], list) else r[1]) for r in d["sharding"]["rules"]
-  )
-  return ml_collections.ConfigDict(d)
+  """The inverse of `to_json`: JSON lists become tuples again, as configs write them."""
+
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(tuples(v) for v in x)
+    return x
+
+  return ml_collections.ConfigDict(tuples(json.loads(json.dumps(dict(d)))))

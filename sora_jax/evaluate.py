@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import contact_sheet, media, readback, shards, sizing, vocab
-from sora_jax import checkpointing, config_lib, factory, sample, sampling
+from sora_jax import checkpointing, config_lib, distributed, factory, sample, sampling
 
 FLAGS = flags.FLAGS
 CHANCE = {
@@ -35,6 +35,7 @@ CHANCE = {
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+  distributed.define_flags()
   flags.DEFINE_string("data_dir", None, "The synthetic dataset the prompts come from.")
   flags.DEFINE_string("split", "eval", "Split whose captions are the prompts.")
   flags.DEFINE_integer("num_prompts", 48, "At most this many distinct captions.")
@@ -126,6 +127,7 @@ def main(argv: Sequence[str]) -> None:
   for name in ("workdir", "data_dir"):
     if not FLAGS[name].value:
       sys.exit(f"error: --{name} is required")
+  distributed.initialize_from_flags()
   try:
     prompts = eval_prompts(FLAGS.data_dir, FLAGS.split, FLAGS.num_prompts)
     if not prompts:

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 from data_pipelines import contact_sheet, media
 from data_pipelines.tokenizer import MODEL_NAME, Tokenizer
-from sora_jax import checkpointing, config_lib, factory, sampling, sharding
+from sora_jax import checkpointing, config_lib, distributed, factory, sampling, sharding
 
 FLAGS = flags.FLAGS
 
@@ -33,6 +33,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  distributed.define_flags()
   flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
   flags.DEFINE_string("prompts_file", None, "Prompts, one per line, or JSON lines with sizes.")
   flags.DEFINE_integer("width", 64, "Width in pixels.")
@@ -165,6 +166,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if not FLAGS.workdir:
     sys.exit("error: --workdir is required")
+  distributed.initialize_from_flags()
   try:
     requests = read_requests(
       FLAGS.prompt,

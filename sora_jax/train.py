@@ -24,7 +24,16 @@ from ml_collections import config_flags
 
 from data_pipelines import shards
 from data_pipelines import tokenizer as tokenizer_lib
-from sora_jax import checkpointing, config_lib, factory, flops, input_pipeline, metrics, sharding
+from sora_jax import (
+  checkpointing,
+  config_lib,
+  distributed,
+  factory,
+  flops,
+  input_pipeline,
+  metrics,
+  sharding,
+)
 from sora_jax.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -33,6 +42,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Flags exist only when this module runs as a program, so binaries can import each other."""
   config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  distributed.define_flags()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
 
 
@@ -206,6 +216,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --workdir is required")
   if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
+  distributed.initialize_from_flags()
   try:
     last = train(FLAGS.config, FLAGS.workdir)
   except (config_lib.ConfigError, shards.DatasetError, FileNotFoundError, TrainingError) as e:

@@ -1,6 +1,6 @@
 """One attention call for every layer, with backends behind it.
 
-  attention(q, k, v, q_segment_ids, kv_segment_ids, backend="xla")
+  attention(q, k, v, q_segment_ids, kv_segment_ids, backend="auto")
 
 A query attends to a key only when both carry the same non-zero segment id, so
 examples packed into one row never see each other and padding (id 0) is
@@ -8,14 +8,26 @@ ignored. Queries with no visible key (padding) return zeros. An optional extra
 boolean `mask` narrows the segment mask further (e.g. prompts gated to a window
 of frames); a backend that cannot express what it is asked for refuses with
 `AttentionUnsupported` instead of silently ignoring it.
+
+Backends: "xla" (the reference, here) and fused kernels in their own modules,
+imported on first use so that importing this file stays cheap:
+  "pallas_gpu"  attention_pallas_gpu.py  Pallas/Triton flash attention (GPU)
+  "splash_tpu"  attention_splash.py      Pallas splash attention (TPU)
+  "cudnn"       attention_cudnn.py       jax.nn.dot_product_attention on cuDNN
+"pallas_gpu_interpret" and "splash_tpu_interpret" run the same kernels through
+Pallas interpret mode on any platform (slow; for tests and debugging on CPU).
+"auto" picks the platform's kernel and falls back to "xla", with a logged
+warning, for a call that kernel refuses (e.g. cross-attention on GPU).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 
 class AttentionUnsupported(ValueError):
@@ -24,6 +36,17 @@ class AttentionUnsupported(ValueError):
 
 Backend = Callable[..., jax.Array]
 _BACKENDS: dict[str, Backend] = {}
+# Kernel backends live in their own modules, imported on first use.
+_KERNEL_MODULES = {
+  "pallas_gpu": "sora_jax.models.attention_pallas_gpu",
+  "pallas_gpu_interpret": "sora_jax.models.attention_pallas_gpu",
+  "splash_tpu": "sora_jax.models.attention_splash",
+  "splash_tpu_interpret": "sora_jax.models.attention_splash",
+  "cudnn": "sora_jax.models.attention_cudnn",
+}
+# What "auto" picks on each platform (jax.default_backend()); anything else: "xla".
+_AUTO_BACKENDS = {"tpu": "splash_tpu", "gpu": "pallas_gpu"}
+_FALLBACKS_LOGGED: set[str] = set()
 
 
 def register_backend(name: str) -> Callable[[Backend], Backend]:
@@ -35,18 +58,25 @@ def register_backend(name: str) -> Callable[[Backend], Backend]:
 
 
 def backends() -> list[str]:
-  return sorted(_BACKENDS)
+  return sorted(set(_BACKENDS) | set(_KERNEL_MODULES))
 
 
-def resolve_backend(name: str) -> str:
-  """Maps "auto" to the platform's default backend; validates names."""
+def resolve_backend(name: str, platform: str | None = None) -> str:
+  """Maps "auto" to the backend for `platform` (default: jax's); validates names."""
   if name == "auto":
-    return "xla"
-  if name not in _BACKENDS:
+    return _AUTO_BACKENDS.get(platform or jax.default_backend(), "xla")
+  if name not in _BACKENDS and name not in _KERNEL_MODULES:
     raise ValueError(
       f"model.attention={name!r}; allowed: 'auto', {', '.join(map(repr, backends()))}"
     )
   return name
+
+
+def get_backend(name: str) -> Backend:
+  """The backend function for a resolved name, importing its module on first use."""
+  if name not in _BACKENDS:
+    importlib.import_module(_KERNEL_MODULES[name])
+  return _BACKENDS[name]
 
 
 def attention(
@@ -71,9 +101,30 @@ def attention(
       f"q {q.shape[:2]} and k {k.shape[:2]}"
     )
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  return _BACKENDS[resolve_backend(backend)](
-    q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale
-  )
+  name = resolve_backend(backend)
+  args = (q, k, v, q_segment_ids, kv_segment_ids)
+  try:
+    return get_backend(name)(*args, mask=mask, scale=scale)
+  except AttentionUnsupported as e:
+    if backend != "auto" or name == "xla":
+      raise
+    # Refusals happen at trace time from static facts (shapes, dtypes, which
+    # arrays were passed), so the fallback is deterministic per call site.
+    if str(e) not in _FALLBACKS_LOGGED:
+      _FALLBACKS_LOGGED.add(str(e))
+      logging.warning("attention backend 'auto' -> %r refused (%s); using 'xla'.", name, e)
+    return xla_attention(*args, mask=mask, scale=scale)
+
+
+def has_visible_key(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:
+  """[B, Lq] bool: the query's non-zero id occurs among the keys; O(L log L), no [Lq, Lk]."""
+  if q_segment_ids is kv_segment_ids:  # Self-attention: every real query sees itself.
+    return q_segment_ids != 0
+  kv_sorted = jnp.sort(kv_segment_ids, axis=-1)
+  idx = jax.vmap(jnp.searchsorted)(kv_sorted, q_segment_ids)
+  idx = jnp.minimum(idx, kv_sorted.shape[-1] - 1)
+  found = jnp.take_along_axis(kv_sorted, idx, axis=-1) == q_segment_ids
+  return found & (q_segment_ids != 0)
 
 
 def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Array:

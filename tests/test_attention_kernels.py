@@ -1,0 +1,223 @@
+"""Fused attention backends against the XLA reference on packed rows.
+
+The Pallas kernels run through interpret mode on CPU ("*_interpret" backends);
+cuDNN cannot run here, so its mask construction is checked with jax's "xla"
+implementation standing in, and the backend itself only for its refusals.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.models import attention
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _qkv(rng, b, lq, lk, h, hkv, d, dtype=jnp.float32):
+  def draw(*shape):
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+  return draw(b, lq, h, d), draw(b, lk, hkv, d), draw(b, lk, hkv, d)
+
+
+def _packed(rng, length=160, h=2, hkv=2, d=16, dtype=jnp.float32):
+  """Self-attention rows: segments of different lengths across the 128-token
+  block boundary, trailing padding, a length that is no multiple of a block."""
+  q, k, v = _qkv(rng, 2, length, length, h, hkv, d, dtype)
+  seg = np.zeros((2, length), np.int32)
+  seg[0, :37], seg[0, 37:100], seg[0, 100:150] = 1, 2, 3
+  seg[1, :90], seg[1, 90:131] = 1, 2
+  return q, k, v, jnp.asarray(seg)
+
+
+def _cross(rng, lq=160, lk=39, h=2, hkv=2, d=16):
+  """Video queries to caption keys: example 2 of row 0 has no caption."""
+  q, k, v = _qkv(rng, 2, lq, lk, h, hkv, d)
+  q_seg = np.zeros((2, lq), np.int32)
+  q_seg[0, :60], q_seg[0, 60:100], q_seg[0, 100:150] = 1, 2, 3
+  q_seg[1, :130], q_seg[1, 130:] = 1, 2
+  kv_seg = np.zeros((2, lk), np.int32)
+  kv_seg[0, :10], kv_seg[0, 10:25] = 1, 3
+  kv_seg[1, :12], kv_seg[1, 12:] = 1, 2
+  return q, k, v, jnp.asarray(q_seg), jnp.asarray(kv_seg)
+
+
+def _grads(backend, q, k, v, q_seg, kv_seg, **kw):
+  def loss(q, k, v):
+    out = attention.attention(q, k, v, q_seg, kv_seg, backend=backend, **kw)
+    return jnp.sum(jnp.sin(out.astype(jnp.float32)))
+
+  return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def _assert_parity(backend, q, k, v, q_seg, kv_seg, grads=False):
+  got = attention.attention(q, k, v, q_seg, kv_seg, backend=backend)
+  want = attention.attention(q, k, v, q_seg, kv_seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+  np.testing.assert_array_equal(np.asarray(got)[np.asarray(q_seg) == 0], 0.0)
+  if grads:
+    for g, r in zip(_grads(backend, q, k, v, q_seg, kv_seg), _grads("xla", q, k, v, q_seg, kv_seg)):
+      np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+# pallas_gpu ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hkv,d", [(2, 16), (1, 24)])
+def test_pallas_gpu_matches_reference(hkv, d):
+  q, k, v, seg = _packed(np.random.default_rng(0), hkv=hkv, d=d)
+  _assert_parity("pallas_gpu_interpret", q, k, v, seg, seg)
+
+
+def test_pallas_gpu_gradients_match_reference():
+  q, k, v, seg = _packed(np.random.default_rng(1), h=2, hkv=1)
+  _assert_parity("pallas_gpu_interpret", q, k, v, seg, seg, grads=True)
+
+
+def test_pallas_gpu_under_jit_with_one_segment_array():
+  q, k, v, seg = _packed(np.random.default_rng(2), length=50)
+  fn = jax.jit(
+    lambda q, k, v, s: attention.attention(q, k, v, s, s, backend="pallas_gpu_interpret")
+  )
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, seg)), np.asarray(want), **TOL)
+
+
+def test_pallas_gpu_refuses_extra_mask():
+  q, k, v, seg = _packed(np.random.default_rng(3), length=32)
+  with pytest.raises(attention.AttentionUnsupported, match="extra attention mask"):
+    attention.attention(
+      q, k, v, seg, seg, mask=jnp.ones((2, 32, 32), bool), backend="pallas_gpu_interpret"
+    )
+
+
+def test_pallas_gpu_refuses_cross_attention_lengths():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(4), lq=32, lk=16)
+  with pytest.raises(attention.AttentionUnsupported, match="self-attention only"):
+    attention.attention(q, k, v, q_seg, kv_seg, backend="pallas_gpu_interpret")
+
+
+def test_pallas_gpu_refuses_different_segment_ids():
+  q, k, v, seg = _packed(np.random.default_rng(5), length=32)
+  other = seg.at[:, :5].set(0)
+  with pytest.raises(attention.AttentionUnsupported, match="one segment-id array"):
+    attention.attention(q, k, v, seg, other, backend="pallas_gpu_interpret")
+  # Inside jit only identity is known: equal but distinct tracers are refused too.
+  fn = lambda a, b: attention.attention(q, k, v, a, b, backend="pallas_gpu_interpret")
+  with pytest.raises(attention.AttentionUnsupported, match="one segment-id array"):
+    jax.jit(fn)(seg, seg)
+
+
+def test_pallas_gpu_refuses_small_head_dim():
+  q, k, v, seg = _packed(np.random.default_rng(6), length=32, d=8)
+  with pytest.raises(attention.AttentionUnsupported, match="head dims 16..256"):
+    attention.attention(q, k, v, seg, seg, backend="pallas_gpu_interpret")
+
+
+# splash_tpu ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h,hkv", [(2, 2), (4, 2), (2, 1)])
+def test_splash_matches_reference(h, hkv):
+  q, k, v, seg = _packed(np.random.default_rng(7), h=h, hkv=hkv)
+  _assert_parity("splash_tpu_interpret", q, k, v, seg, seg)
+
+
+def test_splash_gradients_match_reference():
+  q, k, v, seg = _packed(np.random.default_rng(8), h=4, hkv=2)
+  _assert_parity("splash_tpu_interpret", q, k, v, seg, seg, grads=True)
+
+
+def test_splash_cross_attention_matches_reference():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(9), h=2, hkv=1)
+  _assert_parity("splash_tpu_interpret", q, k, v, q_seg, kv_seg, grads=True)
+  # Example 2 of row 0 has no caption: zeros, as in the reference.
+  out = attention.attention(q, k, v, q_seg, kv_seg, backend="splash_tpu_interpret")
+  np.testing.assert_array_equal(np.asarray(out)[0, 60:100], 0.0)
+
+
+def test_splash_kernel_cache_is_safe_across_jit_and_eager():
+  from sora_jax.models import attention_splash
+
+  attention_splash._kernel.cache_clear()
+  q, k, v, seg = _packed(np.random.default_rng(16), length=40)
+  fn = lambda q, s: attention.attention(q, k, v, s, s, backend="splash_tpu_interpret")
+  traced = jax.jit(fn)(q, seg)  # Builds and caches the kernel inside a trace.
+  np.testing.assert_allclose(np.asarray(fn(q, seg)), np.asarray(traced), **TOL)
+
+
+def test_splash_refuses_extra_mask():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(10), lq=32, lk=16)
+  with pytest.raises(attention.AttentionUnsupported, match="extra attention mask"):
+    attention.attention(
+      q, k, v, q_seg, kv_seg, mask=jnp.ones((2, 32, 16), bool), backend="splash_tpu_interpret"
+    )
+
+
+# cudnn -----------------------------------------------------------------------
+
+
+def test_cudnn_dense_mask_matches_reference_with_xla_standing_in():
+  from sora_jax.models.attention_cudnn import dense_mask_attention
+
+  rng = np.random.default_rng(11)
+  q, k, v, q_seg, kv_seg = _cross(rng, lq=41, lk=39, h=4, hkv=2)  # Odd lengths: padded.
+  mask = jnp.asarray(rng.random((2, 41, 39)) < 0.8)
+  qs, ks, vs, seg = _packed(rng, h=4, hkv=1)
+  for args, extra in [
+    ((q, k, v, q_seg, kv_seg), None),
+    ((q, k, v, q_seg, kv_seg), mask),
+    ((qs, ks, vs, seg, seg), None),
+  ]:
+    want = attention.attention(*args, mask=extra, backend="xla")
+    got = dense_mask_attention(
+      *args, mask=extra, scale=args[0].shape[-1] ** -0.5, implementation="xla"
+    )
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+    allowed = attention.segment_mask(args[3], args[4])
+    allowed = allowed if extra is None else allowed & extra
+    np.testing.assert_array_equal(np.asarray(got)[~np.asarray(jnp.any(allowed, -1))], 0.0)
+
+
+def test_cudnn_refuses_float32():
+  q, k, v, seg = _packed(np.random.default_rng(12), length=32)
+  with pytest.raises(attention.AttentionUnsupported, match="bfloat16 or float16"):
+    attention.attention(q, k, v, seg, seg, backend="cudnn")
+
+
+def test_cudnn_refuses_head_dim():
+  q, k, v, seg = _packed(np.random.default_rng(13), length=32, d=12, dtype=jnp.bfloat16)
+  with pytest.raises(attention.AttentionUnsupported, match="multiple of 8"):
+    attention.attention(q, k, v, seg, seg, backend="cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal off GPU")
+def test_cudnn_refuses_without_gpu():
+  q, k, v, seg = _packed(np.random.default_rng(14), length=32, dtype=jnp.bfloat16)
+  with pytest.raises(attention.AttentionUnsupported, match="needs an NVIDIA GPU"):
+    attention.attention(q, k, v, seg, seg, backend="cudnn")
+
+
+# Registry --------------------------------------------------------------------
+
+
+def test_auto_picks_the_platform_kernel():
+  assert attention.resolve_backend("auto", platform="tpu") == "splash_tpu"
+  assert attention.resolve_backend("auto", platform="gpu") == "pallas_gpu"
+  assert attention.resolve_backend("auto", platform="cpu") == "xla"
+  assert {"xla", "pallas_gpu", "splash_tpu", "cudnn"} <= set(attention.backends())
+
+
+def test_auto_falls_back_to_xla_for_what_the_kernel_refuses(monkeypatch):
+  monkeypatch.setitem(attention._AUTO_BACKENDS, jax.default_backend(), "pallas_gpu_interpret")
+  rng = np.random.default_rng(15)
+  q, k, v, q_seg, kv_seg = _cross(rng, lq=32, lk=16)  # Cross-attention: refused, falls back.
+  np.testing.assert_array_equal(
+    np.asarray(attention.attention(q, k, v, q_seg, kv_seg)),
+    np.asarray(attention.attention(q, k, v, q_seg, kv_seg, backend="xla")),
+  )
+  # Naming the kernel explicitly never falls back.
+  with pytest.raises(attention.AttentionUnsupported):
+    attention.attention(q, k, v, q_seg, kv_seg, backend="pallas_gpu_interpret")
