@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     qk_norm=True,
     rope_theta=10_000.0,
     attention="auto",
+    context_parallel="all_gather",  # or "ulysses" (when mesh.context > 1)
     dtype="bfloat16",  # Compute dtype; params stay float32.
     param_dtype="float32",
     remat="none",  # none | full | dots | dots_all
@@ -97,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sharding = dict(
     rules=(
       ("batch", ("data", "fsdp")),
-      ("length", None),
+      ("length", "context"),  # Context parallelism shards video tokens (mesh.context > 1).
+      ("text_length", None),
       ("embed", "fsdp"),
       ("mlp", "tensor"),
       ("heads", "tensor"),

@@ -12,7 +12,7 @@ import ml_collections
 
 from data_pipelines import pipeline, shards
 from sora_jax import sharding
-from sora_jax.models import attention, dit, stack
+from sora_jax.models import attention, context_parallel, dit, stack
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
 
@@ -61,6 +61,10 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     m.adaln in ("single", "block"), f"config.model.adaln={m.adaln!r}; allowed: single, block"
   )
   _require(m.mlp_ratio > 0, f"config.model.mlp_ratio={m.mlp_ratio}: must be positive")
+  _require(
+    m.context_parallel in context_parallel.SCHEMES,
+    f"config.model.context_parallel={m.context_parallel!r}; allowed: {context_parallel.SCHEMES}",
+  )
   try:
     attention.resolve_backend(m.attention)
   except ValueError as e:

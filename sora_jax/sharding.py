@@ -119,6 +119,11 @@ def axis_rules(rules: Rules):
   return flax_spmd.logical_axis_rules(tuple((k, v) for k, v in rules))
 
 
+def current_rules() -> Rules:
+  """The rules of the enclosing `axis_rules` context (empty outside one)."""
+  return flax_spmd.get_logical_axis_rules()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; a no-op outside a mesh or rules context."""
   mesh = jax.sharding.get_abstract_mesh()

@@ -76,3 +76,15 @@ def test_loss_on_one_device_equals_loss_on_eight_sharded(tiny_data_dir):
   # Optimizer moments follow their parameters.
   mu = state8["opt_state"][1][0].mu["blocks"]["mlp"]["up"]["kernel"]
   assert mu.sharding.spec == kernel.sharding.spec
+
+
+def test_context_parallel_training_matches_one_device(tiny_data_dir):
+  """The same two steps with the sequence split over 4 context devices."""
+  cfg = _config(tiny_data_dir)
+  tok = tokenizer.load(tiny_data_dir)
+  batch = next(iter(input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)))
+  one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+  _, _, losses1, _ = _two_steps(cfg, one, batch, tok.vocab_size)
+  cp = sharding.make_mesh({"data": 2, "context": 4})
+  _, _, losses_cp, gb = _two_steps(cfg, cp, batch, tok.vocab_size)
+  np.testing.assert_allclose(losses_cp, losses1, atol=1e-5)

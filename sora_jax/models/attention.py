@@ -136,7 +136,38 @@ def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array) -> jax.Arr
 
 @register_backend("xla")
 def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale):
-  """The reference: materialized float32 logits, masked softmax, weighted sum."""
+  """The reference: float32 logits, masked softmax, weighted sum.
+
+  Long rows are processed in query chunks, each rematerialized in the backward
+  pass, so memory stays at about CHUNK_ELEMENTS logits however long the row.
+  """
+  b, lq, h, _ = q.shape
+  per_query = b * h * k.shape[1]
+  chunk = _largest_divisor_at_most(lq, max(1, CHUNK_ELEMENTS // per_query))
+  if chunk == lq:
+    return _dense_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
+  n = lq // chunk
+
+  def split(x):  # [B, Lq, ...] -> [n, B, chunk, ...]
+    return None if x is None else jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+  def one(args):
+    qc, sc, mc = args
+    return _dense_attention(qc, k, v, sc, kv_segment_ids, mask=mc, scale=scale)
+
+  out = jax.lax.map(jax.checkpoint(one), (split(q), split(q_segment_ids), split(mask)))
+  return jnp.moveaxis(out, 0, 1).reshape(q.shape)
+
+
+# Logits held at once by the reference before it processes queries in chunks.
+CHUNK_ELEMENTS = 1 << 26
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _dense_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask, scale):
   h, hkv = q.shape[2], k.shape[2]
   allowed = segment_mask(q_segment_ids, kv_segment_ids)
   if mask is not None:

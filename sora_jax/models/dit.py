@@ -47,6 +47,7 @@ class DiTConfig:
   qk_norm: bool = True
   rope_theta: float = 10_000.0
   attention: str = "auto"
+  context_parallel: str = "all_gather"  # Scheme over the `context` mesh axis, if > 1.
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
@@ -74,10 +75,23 @@ class Block(nnx.Module):
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     kw = dict(rngs=rngs, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     w = cfg.width
-    self.attn = layers.Attention(w, cfg.heads, qk_norm=cfg.qk_norm, backend=cfg.attention, **kw)
+    self.attn = layers.Attention(
+      w,
+      cfg.heads,
+      qk_norm=cfg.qk_norm,
+      backend=cfg.attention,
+      context_parallel=cfg.context_parallel,
+      **kw,
+    )
     self.cross_norm = layers.RMSNorm(w, "embed", param_dtype=cfg.params_dtype)
     self.cross = layers.Attention(
-      w, cfg.heads, context_width=w, qk_norm=cfg.qk_norm, backend=cfg.attention, **kw
+      w,
+      cfg.heads,
+      context_width=w,
+      qk_norm=cfg.qk_norm,
+      backend=cfg.attention,
+      lengths=("length", "text_length"),
+      **kw,
     )
     self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), **kw)
     if cfg.adaln == "block":
@@ -144,6 +158,7 @@ class DiT(nnx.Module):
   ) -> jax.Array:
     cfg = self.cfg
     context = self.context_proj(self.text_encoder(text_ids, text_segment_ids))
+    context = sharding.constrain(context, ("batch", "text_length", "act_embed"))
     x = sharding.constrain(self.patch_embed(tokens), ("batch", "length", "act_embed"))
     temb = jax.nn.silu(self.t_embed(t))  # [B, L, D]
     cond = self.shared_modulation(temb) if cfg.adaln == "single" else temb

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sora_jax import sharding
-from sora_jax.models import attention as attention_lib
+from sora_jax.models import context_parallel
 
 # Parameters get their shardings from the config's rules when the model is
 # created under jit, never eagerly at construction.
@@ -105,14 +105,17 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 class MLP(nnx.Module):
   """Two-layer GELU MLP: width -> hidden -> width."""
 
-  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+  def __init__(
+    self, width: int, hidden: int, *, length: str = "length", rngs: nnx.Rngs, dtype, param_dtype
+  ):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.up = Dense(width, hidden, ("embed", "mlp"), **kw)
     self.down = Dense(hidden, width, ("mlp", "embed"), **kw)
+    self.length = length  # Logical name of the sequence axis ("length" or "text_length").
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = jax.nn.gelu(self.up(x), approximate=True)
-    h = sharding.constrain(h, ("batch", "length", "act_mlp"))
+    h = sharding.constrain(h, ("batch", self.length, "act_mlp"))
     return self.down(h)
 
 
@@ -120,7 +123,9 @@ class Attention(nnx.Module):
   """Multi-head attention with QK-norm; self-attention when no context is given.
 
   Rotary embeddings are applied by the caller-provided `rope` (a function of q
-  or k), so the same module serves 3D video and 1D text positions.
+  or k), so the same module serves 3D video and 1D text positions. `lengths`
+  are the logical names of the query and key sequence axes ("length" for video
+  tokens, which context parallelism shards; "text_length" for captions).
   """
 
   def __init__(
@@ -131,6 +136,8 @@ class Attention(nnx.Module):
     context_width: int | None = None,
     qk_norm: bool = True,
     backend: str = "auto",
+    context_parallel: str = "all_gather",
+    lengths: tuple[str, str] = ("length", "length"),
     rngs: nnx.Rngs,
     dtype,
     param_dtype,
@@ -147,6 +154,8 @@ class Attention(nnx.Module):
     self.q_norm = RMSNorm(head_dim, "kv", param_dtype=param_dtype) if qk_norm else None
     self.k_norm = RMSNorm(head_dim, "kv", param_dtype=param_dtype) if qk_norm else None
     self.backend = backend
+    self.context_parallel = context_parallel
+    self.lengths = tuple(lengths)
 
   def __call__(
     self,
@@ -160,15 +169,28 @@ class Attention(nnx.Module):
   ) -> jax.Array:
     kv_in = x if context is None else context
     kv_seg = segment_ids if context is None else context_segment_ids
-    heads = ("batch", "length", "act_heads", None)
+    q_len, kv_len = self.lengths
+    heads = ("batch", q_len, "act_heads", None)
+    kv_heads = ("batch", kv_len, "act_heads", None)
     q = sharding.constrain(self.q(x), heads)
-    k = sharding.constrain(self.k(kv_in), heads)
-    v = sharding.constrain(self.v(kv_in), heads)
+    k = sharding.constrain(self.k(kv_in), kv_heads)
+    v = sharding.constrain(self.v(kv_in), kv_heads)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     if rope is not None:
       q, k = rope(q), rope(k)
-    o = attention_lib.attention(q, k, v, segment_ids, kv_seg, mask=mask, backend=self.backend)
+    o = context_parallel.sharded_attention(
+      q,
+      k,
+      v,
+      segment_ids,
+      kv_seg,
+      mask=mask,
+      scheme=self.context_parallel,
+      backend=self.backend,
+      q_length=q_len,
+      kv_length=kv_len,
+    )
     return self.out(sharding.constrain(o, heads))
 
 

@@ -43,9 +43,11 @@ class _Block(nnx.Module):
   def __init__(self, cfg: TextConfig, backend: str, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm1 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
-    self.attn = layers.Attention(cfg.width, cfg.heads, backend=backend, **kw)
+    self.attn = layers.Attention(
+      cfg.width, cfg.heads, backend=backend, lengths=("text_length", "text_length"), **kw
+    )
     self.norm2 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
-    self.mlp = layers.MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), **kw)
+    self.mlp = layers.MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), length="text_length", **kw)
 
 
 class SmallTextEncoder(nnx.Module):
@@ -82,7 +84,7 @@ class SmallTextEncoder(nnx.Module):
 
   def __call__(self, text_ids: jax.Array, text_segment_ids: jax.Array) -> jax.Array:
     x = jnp.take(self.embedding[...], text_ids, axis=0).astype(self.dtype)
-    x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    x = sharding.constrain(x, ("batch", "text_length", "act_embed"))
     positions = rope.segment_positions(text_segment_ids)[..., None]
     rot = rope.Rotary(positions, self.width // self.heads)
 
