@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     caption_dropout=0.1,
     num_packing_bins=32,
     num_workers=0,
+    num_shards=0,  # Virtual data shards (0: one per row of the global batch); see input_pipeline.py.
     worker_buffer_size=2,
   )
 

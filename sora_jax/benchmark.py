@@ -12,15 +12,33 @@ tokens per second, packed over padded. FLOPs count real tokens only
 
 Without --config.data.data_dir a small built-in synthetic dataset is generated
 in a temporary directory first.
+
+Parallelism layouts:
+
+  python -m sora_jax.benchmark --config=experiments/dit_b.py \
+      --layouts='fsdp=8;tensor=2,fsdp=4;context=8;data=2,context=4'
+
+times the same packed batches once per mesh layout instead (the padded
+comparison is skipped) and prints one table row per layout: devices, steps/s,
+tokens/s, TFLOP/s, MFU and the compiled memory per device. Layouts are
+separated by ";" (quote them in a shell), axes within one by ","; axes not
+named have size 1, and one size may be -1 (the rest of the devices). A layout
+with fewer devices than the host has runs on the first ones. When a layout has
+context > 1, a 1-device mesh runs too, and every row reports its tokens/s over
+the 1-device figure ("x1dev") and that ratio per device ("eff"): the cost of
+context parallelism on the same data.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -43,6 +61,12 @@ def define_flags() -> None:
   flags.DEFINE_bool("padded", True, "Also time the padded-bucket layout.")
   flags.DEFINE_integer("synthetic_examples", 2000, "Size of the generated dataset.")
   flags.DEFINE_string("output_json", None, "Also write the results here.")
+  flags.DEFINE_string(
+    "layouts",
+    None,
+    "Mesh layouts to compare on the same batches, e.g. 'fsdp=8;tensor=2,fsdp=4;context=8': "
+    "';' between layouts, ',' between axes, unnamed axes 1, one size may be -1 (the rest).",
+  )
 
 
 def ensure_data(cfg, num_examples: int = 2000) -> None:
@@ -56,16 +80,22 @@ def ensure_data(cfg, num_examples: int = 2000) -> None:
   cfg.data.data_dir = tmp
 
 
-def time_steps(trainer: Trainer, batches: list[dict], warmup: int) -> tuple[float, float, int]:
-  """(seconds, useful FLOPs, real tokens) of the steps after `warmup`, on pre-placed batches."""
+def time_steps(
+  trainer: Trainer, batches: list[dict], warmup: int, step=None
+) -> tuple[float, float, int]:
+  """(seconds, useful FLOPs, real tokens) of the steps after `warmup`, on pre-placed batches.
+
+  `step` defaults to `trainer.step`; an ahead-of-time compiled step also works.
+  """
+  step = step or trainer.step
   state, ema = trainer.init(0)
   placed = [sharding.global_batch(b, trainer.mesh, trainer.rules) for b in batches]
   for b in placed[:warmup]:
-    state, ema, _ = trainer.step(state, ema, b)
+    state, ema, _ = step(state, ema, b)
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for b in placed[warmup:]:
-    state, ema, out = trainer.step(state, ema, b)
+    state, ema, out = step(state, ema, b)
   jax.block_until_ready(state)
   dt = time.perf_counter() - t0
   timed = batches[warmup:]
@@ -88,12 +118,17 @@ def padded_batches(examples: list[dict], opts: pipeline.Options, rows: int, data
   return out
 
 
-def memory_report(trainer: Trainer, batch: dict) -> dict[str, float]:
+def compile_step(trainer: Trainer, batch: dict):
+  """The step compiled ahead of time for batches shaped like `batch`."""
   spec = {
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
     for k, v in batch.items()
   }
-  compiled = trainer.lower(spec).compile()
+  return trainer.lower(spec).compile()
+
+
+def memory_report(trainer: Trainer, batch: dict, compiled=None) -> dict[str, float]:
+  compiled = compiled or compile_step(trainer, batch)
   out = {"host_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   analysis = compiled.memory_analysis()
   if analysis is not None:
@@ -107,7 +142,17 @@ def memory_report(trainer: Trainer, batch: dict) -> dict[str, float]:
   return out
 
 
-def run(cfg, steps: int, warmup: int, padded: bool, synthetic_examples: int = 2000) -> dict:
+def run(
+  cfg,
+  steps: int,
+  warmup: int,
+  padded: bool,
+  synthetic_examples: int = 2000,
+  layouts: Sequence[Mapping[str, int]] | None = None,
+) -> dict:
+  """The benchmark on the config's mesh, or once per mesh layout (see the module docstring)."""
+  if layouts:
+    return run_layouts(cfg, layouts, steps, warmup, synthetic_examples)
   ensure_data(cfg, synthetic_examples)
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
@@ -159,6 +204,147 @@ def run(cfg, steps: int, warmup: int, padded: bool, synthetic_examples: int = 20
   return result
 
 
+# ------------------------------------------------------------------------------
+# Parallelism layouts.
+# ------------------------------------------------------------------------------
+
+
+def parse_layouts(text: str) -> list[dict[str, int]]:
+  """'fsdp=8;tensor=2,fsdp=4' -> [{"fsdp": 8}, {"tensor": 2, "fsdp": 4}]."""
+  out = []
+  for part in text.split(";"):
+    if not part.strip():
+      continue
+    layout = {}
+    for item in part.split(","):
+      axis, _, size = item.strip().partition("=")
+      if axis not in sharding.MESH_AXES or not re.fullmatch(r"-1|[1-9]\d*", size.strip()):
+        raise ValueError(
+          f"--layouts: {item.strip()!r} in {part.strip()!r} is not AXIS=SIZE with AXIS one of "
+          f"{', '.join(sharding.MESH_AXES)} and SIZE a positive int or -1"
+        )
+      if axis in layout:
+        raise ValueError(f"--layouts: {part.strip()!r} names {axis} twice")
+      layout[axis] = int(size)
+    if list(layout.values()).count(-1) > 1:
+      raise ValueError(f"--layouts: {part.strip()!r} has more than one -1")
+    out.append(layout)
+  if not out:
+    raise ValueError(f"--layouts={text!r}: no layout given, e.g. 'fsdp=8;tensor=2,fsdp=4'")
+  return out
+
+
+def with_baseline(layouts: Sequence[Mapping[str, int]]) -> list[dict[str, int]]:
+  """The layouts, plus a 1-device mesh when one has context > 1 and none is 1 device."""
+  out = [dict(x) for x in layouts]
+  if any(x.get("context", 1) > 1 for x in out) and not any(math.prod(x.values()) == 1 for x in out):
+    out.append({})
+  return out
+
+
+def layout_name(layout: Mapping[str, int]) -> str:
+  return ",".join(f"{a}={n}" for a, n in layout.items() if n != 1) or "1 device"
+
+
+def layout_mesh(layout: Mapping[str, int]) -> jax.sharding.Mesh:
+  """The layout's mesh over all devices (with a -1) or over the first ones it needs."""
+  devices = jax.devices()
+  n = len(devices) if -1 in layout.values() else math.prod(layout.values())
+  if n > len(devices) or (n < len(devices) and jax.process_count() > 1):
+    raise ValueError(
+      f"--layouts: {layout_name(layout)} needs {n} devices; there are {len(devices)}"
+      + (" over several processes, so a layout must use all of them" if n < len(devices) else "")
+    )
+  return sharding.make_mesh(layout, devices[:n])
+
+
+def run_layouts(
+  cfg,
+  layouts: Sequence[Mapping[str, int]],
+  steps: int,
+  warmup: int,
+  synthetic_examples: int = 2000,
+) -> dict:
+  """Packed throughput per mesh layout on the same batches; see the module docstring."""
+  ensure_data(cfg, synthetic_examples)
+  config_lib.validate(cfg)
+  layouts = with_baseline(layouts)
+  meshes = []
+  for layout in layouts:  # Every layout is checked before anything runs.
+    mesh = layout_mesh(layout)
+    try:
+      config_lib.check_batch_layout(cfg, mesh, jax.process_count())
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"--layouts: {layout_name(layout)}: {e}") from None
+    meshes.append(mesh)
+
+  tok = tokenizer.load(cfg.data.data_dir)
+  dataset = input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)
+  it = iter(dataset)
+  batches = [next(it) for _ in range(warmup + steps)]
+  dtype = factory.dit_config(cfg, tok.vocab_size).compute_dtype
+  peak, peak_source = flops.device_peak_flops(dtype=dtype)
+  rows = []
+  for layout, mesh in zip(layouts, meshes):
+    logging.info("layout %s: mesh %s", layout_name(layout), dict(mesh.shape))
+    trainer = Trainer(cfg, mesh, tok.vocab_size)
+    compiled = compile_step(trainer, batches[0])
+    dt, useful, real = time_steps(trainer, batches, warmup, step=compiled)
+    memory = memory_report(trainer, batches[0], compiled)
+    rows.append(
+      {
+        "layout": layout_name(layout),
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "devices": mesh.size,
+        "steps_per_s": steps / dt,
+        "tokens_per_s": real / dt,
+        "tflops_per_s": useful / dt / 1e12,
+        "mfu": useful / dt / (peak * mesh.size),
+        "compiled_gb_per_device": memory.get("compiled_bytes_per_device_gb"),
+      }
+    )
+  base = next((r for r in rows if r["devices"] == 1), None)
+  for r in rows:
+    if base is not None:
+      r["x1dev"] = r["tokens_per_s"] / base["tokens_per_s"]
+      r["eff"] = r["x1dev"] / r["devices"]
+  return {
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "params": trainer.counts["total"],
+    "rows_per_step": cfg.train.global_batch_size,
+    "seq_len": cfg.data.seq_len,
+    "steps_per_layout": steps,
+    "peak_tflops_per_device": peak / 1e12,
+    "peak_source": peak_source,
+    "layouts": rows,
+  }
+
+
+def format_layouts(rows: Sequence[Mapping]) -> str:
+  """The layouts table: one line per layout."""
+  cols = [
+    ("layout", "layout", "{}"),
+    ("devices", "dev", "{}"),
+    ("steps_per_s", "steps/s", "{:.3g}"),
+    ("tokens_per_s", "tokens/s", "{:,.0f}"),
+    ("tflops_per_s", "TFLOP/s", "{:.3g}"),
+    ("mfu", "MFU", "{:.1%}"),
+    ("compiled_gb_per_device", "GiB/dev", "{:.3f}"),
+    ("x1dev", "x1dev", "{:.2f}"),
+    ("eff", "eff", "{:.0%}"),
+  ]
+  cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
+  cells = [[h for _, h, _ in cols]] + [
+    ["-" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in cols] for r in rows
+  ]
+  widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
+  return "\n".join(
+    "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+    for line in cells
+  )
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -166,10 +352,20 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
   distributed.initialize_from_flags()
   try:
-    result = run(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples)
+    layouts = parse_layouts(FLAGS.layouts) if FLAGS.layouts is not None else None
+    result = run(
+      FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples, layouts
+    )
   except (config_lib.ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
-  data_benchmark.report(result, FLAGS.output_json)
+  if layouts:
+    data_benchmark.report({k: v for k, v in result.items() if k != "layouts"})
+    print(format_layouts(result["layouts"]))
+    if FLAGS.output_json:
+      with open(FLAGS.output_json, "w") as f:
+        json.dump(result, f, indent=2)
+  else:
+    data_benchmark.report(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,14 @@
 
   state   step, parameters, optimizer state (sharded; every process writes its shards)
   ema     the EMA parameters, which the sampling binary restores alone
-  data    the grain iterator state, one JSON file per process
+  data    the input stream state: one JSON file per process with the states of
+          the virtual data shards it owns (see sora_jax.input_pipeline)
   config  the run's config as JSON, so a checkpoint is self-describing
+
+Restoring onto another mesh or process count works: arrays are resharded onto
+the shardings of the abstract target, and each process of the new job reads
+the data-shard states it now owns from all the old processes' files (the
+workdir is shared storage on multi-host jobs).
 
 Saves are asynchronous; `CheckpointManager.wait_until_finished` blocks until the
 last one is committed. Orbax writes each step to a temporary directory and
@@ -12,10 +18,12 @@ renames it when complete, so a killed run never leaves a partial step behind.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
-import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -44,7 +52,7 @@ def save(mngr, step: int, state: Any, ema: Any, data_iterator: Any, config: dict
     config=ocp.args.JsonSave(config),
   )
   if data_iterator is not None:
-    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    items["data"] = DataSave(data_iterator)
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
@@ -55,7 +63,7 @@ def restore_train(mngr, step: int, abstract_state: Any, abstract_ema: Any, data_
     ema=ocp.args.StandardRestore(abstract_ema),
   )
   if data_iterator is not None:
-    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    items["data"] = DataRestore(data_iterator)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return restored["state"], restored["ema"]
 
@@ -99,3 +107,46 @@ def restore_ema(workdir: str, step: int, abstract_ema: Any) -> Any:
     return restored["ema"]
   finally:
     mngr.close()
+
+
+# ------------------------------------------------------------------------------
+# The input stream's state.
+# ------------------------------------------------------------------------------
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """Saves each process's data-shard states; restores from all processes' files.
+
+  The item is anything with `get_state() -> {"num_shards", "shards": {id: state}}`
+  and `set_state(...)` (sora_jax.input_pipeline.BatchIterator).
+  """
+
+  def save(self, directory, args) -> None:
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    (directory / name).write_text(json.dumps(args.item.get_state()))
+
+  def restore(self, directory, args):
+    files = sorted(directory.glob("process_*-of-*.json"))
+    if not files:
+      raise CheckpointError(f"{directory} holds no data-stream state")
+    states = [json.loads(f.read_text()) for f in files]
+    counts = {s["num_shards"] for s in states}
+    if len(counts) != 1:
+      raise CheckpointError(f"{directory}: data-stream files disagree on the shard count {counts}")
+    merged = {"num_shards": counts.pop(), "shards": {}}
+    for s in states:
+      merged["shards"].update(s["shards"])
+    args.item.set_state(merged)
+    return args.item
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  item: Any

@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 
 from data_pipelines import pipeline, shards
-from sora_jax import sharding
+from sora_jax import input_pipeline, sharding
 from sora_jax.models import attention, context_parallel, dit, stack
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
@@ -154,7 +154,7 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
 
 
 def check_batch_layout(cfg: ml_collections.ConfigDict, mesh, process_count: int) -> None:
-  """The global batch must split evenly over processes and over the batch mesh axes."""
+  """The global batch must split evenly over processes, data shards and batch mesh axes."""
   gb = cfg.train.global_batch_size
   axes = sharding.batch_axes(cfg.sharding.rules)
   shards_ = 1
@@ -169,6 +169,10 @@ def check_batch_layout(cfg: ml_collections.ConfigDict, mesh, process_count: int)
     f"config.train.global_batch_size={gb}: must be divisible by the batch mesh axes {axes} "
     f"(size {shards_})",
   )
+  try:
+    input_pipeline.check_shards(cfg, process_count)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 
 # Dense bf16 peak per chip, TFLOP/s (vendor figures, without sparsity).
 PEAK_TFLOPS = {
@@ -39,6 +40,33 @@ PEAK_TFLOPS = {
   "TPU v6 lite": 918.0,
   "TPU v6e": 918.0,
 }
+
+# Memory per device, GiB (vendor figures: a TPU v4/v5p device is a megacore chip).
+# Somewhat less is usable: nvidia-smi shows 79.6 GiB on an H100 and 140.4 GiB on
+# an H200, the TPU compiler allows 15.75 GiB on a v5e, and jax on GPU takes
+# XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.75) of it.
+HBM_GIB = {
+  "H100": 80.0,
+  "H200": 141.0,
+  "A100": 80.0,
+  "A100-SXM4-40GB": 40.0,
+  "A100-PCIE-40GB": 40.0,
+  "TPU v4": 32.0,
+  "TPU v5 lite": 16.0,
+  "TPU v5e": 16.0,
+  "TPU v5p": 95.0,
+  "TPU v5": 95.0,
+  "TPU v6 lite": 32.0,
+  "TPU v6e": 32.0,
+}
+
+
+def by_device_kind(table: Mapping[str, float], kind: str) -> float | None:
+  """The entry of `table` whose (longest) key occurs in a device kind, e.g. "TPU v5 lite"."""
+  for name, value in sorted(table.items(), key=lambda kv: -len(kv[0])):
+    if name.lower() in kind.lower():
+      return value
+  return None
 
 
 def param_counts(params: Any) -> dict[str, int]:
@@ -72,6 +100,51 @@ def step_flops(batch: Mapping[str, np.ndarray], counts: Mapping[str, int], model
   return dense + attn
 
 
+def traced_matmul_flops(jaxpr) -> float:
+  """FLOPs of the matrix products in a (closed) jaxpr, each loop body times its trip count.
+
+  A cross-check on XLA's cost analysis, which counts a while loop's body once
+  (a scanned layer stack, a chunked attention). Shapes are the jaxpr's: global
+  under jit; a shard_map body's local shapes count once per shard. A while loop
+  (unknown trip count) counts once; a conditional counts its costliest branch;
+  a Pallas kernel counts its cost estimate, else its body once per grid point
+  (masked blocks included). Elementwise work is not counted.
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    params = eqn.params
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+      continue
+    subs = []
+    for v in params.values():
+      for x in v if isinstance(v, (tuple, list)) else (v,):
+        if isinstance(x, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
+          subs.append(traced_matmul_flops(x))
+    if not subs:
+      continue
+    if eqn.primitive.name == "cond":
+      total += max(subs)
+      continue
+    times = 1
+    if eqn.primitive.name == "scan":
+      times = params["length"]
+    elif eqn.primitive.name == "shard_map":
+      times = int(np.prod([params["mesh"].shape[a] for a in params["newly_manual_axes"]]))
+    elif eqn.primitive.name == "pallas_call":  # The kernel body runs once per grid point.
+      estimate = getattr(params.get("cost_estimate"), "flops", None)
+      if estimate:
+        total += estimate
+        continue
+      grid = getattr(params.get("grid_mapping"), "grid", ())
+      times = int(np.prod([g for g in grid if isinstance(g, int)]))
+    total += times * sum(subs)
+  return float(total)
+
+
 def device_peak_flops(device: jax.Device | None = None, dtype=jnp.bfloat16) -> tuple[float, str]:
   """Peak FLOP/s of one device and where the figure came from.
 
@@ -80,9 +153,9 @@ def device_peak_flops(device: jax.Device | None = None, dtype=jnp.bfloat16) -> t
   """
   device = device or jax.devices()[0]
   kind = getattr(device, "device_kind", "")
-  for name, tflops in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])):
-    if name.lower() in kind.lower():
-      return tflops * 1e12, f"table ({kind})"
+  tflops = by_device_kind(PEAK_TFLOPS, kind)
+  if tflops is not None:
+    return tflops * 1e12, f"table ({kind})"
   return measure_matmul_flops(device, dtype), f"measured matmul ({kind or device.platform})"
 
 

@@ -34,6 +34,7 @@ from sora_jax import (
   metrics,
   sharding,
 )
+from sora_jax.preemption import Preemption
 from sora_jax.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -58,6 +59,14 @@ def load_tokenizer(cfg) -> tokenizer_lib.Tokenizer:
 
 def train(cfg, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training; returns the last logged metrics."""
+  preemption = Preemption()  # From the start: a SIGTERM while compiling saves at step 1.
+  try:
+    return _train(cfg, workdir, preemption)
+  finally:
+    preemption.close()
+
+
+def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Config and mesh.
   # ----------------------------------------------------------------------------
@@ -145,10 +154,12 @@ def train(cfg, workdir: str) -> dict[str, float]:
 
   meter = Meter(row_tokens, peak * jax.device_count())
   last: dict[str, float] = {}
-  profile = range(start + 2, start + 2 + cfg.train.profile_steps) if is_writer else range(0)
+  # Every process traces the same window into its own directory.
+  profile = range(start + 2, start + 2 + cfg.train.profile_steps)
+  profile_dir = os.path.join(workdir, "profile", f"process_{jax.process_index()}")
   for step in range(start + 1, num_steps + 1):
     if profile and step == profile.start:
-      jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      jax.profiler.start_trace(profile_dir)
     batch, useful, real = next(data_iter)
     state, ema, out = trainer.step(state, ema, batch)
     meter.add(out, useful, real)
@@ -160,9 +171,13 @@ def train(cfg, workdir: str) -> dict[str, float]:
       last = meter.flush()
       writer.scalars(step, last)
       writer.flush()
-    if step % cfg.train.checkpoint_every == 0 or step == num_steps:
+    preempted = preemption.reached(step)
+    if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:
       check_finite(step)
       checkpointing.save(mngr, step, state, ema, data_iter, config_json)
+    if preempted:
+      logging.warning("preempted: saved step %d; exiting", step)
+      break
 
   mngr.wait_until_finished()
   mngr.close()

@@ -129,10 +129,21 @@ class Trainer:
     with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
       return self._jitted_step(state, ema, batch)
 
+  def trace(self, batch_spec):
+    """The step traced for the abstract state and a batch of ShapeDtypeStructs (`.jaxpr`).
+
+    Traced under the abstract mesh only: the devices may be compile-only (an
+    ahead-of-time target), on which nothing can run, not even a constant
+    computed at trace time (e.g. a kernel's block-mask tables).
+    """
+    abstract_mesh = jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh)
+    with abstract_mesh, sharding.axis_rules(self.rules):
+      return self._jitted_step.trace(self.abstract_state, self.model.abstract_params, batch_spec)
+
   def lower(self, batch_spec):
     """The step lowered for a batch of the given ShapeDtypeStructs (ahead-of-time compile)."""
     with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
-      return self._jitted_step.lower(self.abstract_state, self.model.abstract_params, batch_spec)
+      return self.trace(batch_spec).lower()
 
   def step_flops(self, local_batch) -> float:
     """Useful training FLOPs of this process's rows (see sora_jax.flops)."""

@@ -1,5 +1,6 @@
 """The benchmark binaries run end to end on a tiny config and report sane numbers."""
 
+import pytest
 from absl import flags
 
 from data_pipelines import benchmark as data_benchmark
@@ -31,3 +32,38 @@ def test_data_benchmark_reports_packing_against_buckets(tiny_data_dir):
   assert 0 < result["real_token_fraction@0_workers"] <= 1
   assert 0 < result["bucketed_real_token_fraction"] <= 1
   assert result["one_per_row_real_token_fraction"] < result["real_token_fraction@0_workers"]
+
+
+def test_training_benchmark_compares_mesh_layouts_on_the_same_batches(tiny_data_dir):
+  layouts = benchmark.parse_layouts("fsdp=2,context=4; data=1")
+  assert layouts == [{"fsdp": 2, "context": 4}, {"data": 1}]
+  result = benchmark.run(_cfg(tiny_data_dir), steps=1, warmup=1, padded=False, layouts=layouts)
+  rows = result["layouts"]
+  assert [(r["layout"], r["devices"]) for r in rows] == [("fsdp=2,context=4", 8), ("1 device", 1)]
+  for r in rows:
+    for key in ("steps_per_s", "tokens_per_s", "tflops_per_s", "mfu", "compiled_gb_per_device"):
+      assert r[key] > 0, (r["layout"], key)
+  # The cost of context parallelism: tokens/s against the 1-device mesh, per device.
+  assert rows[1]["x1dev"] == 1.0
+  assert rows[0]["eff"] == rows[0]["x1dev"] / 8 > 0
+  table = benchmark.format_layouts(rows).splitlines()
+  assert table[0].split() == ["layout", "dev", "steps/s", "tokens/s", "TFLOP/s", "MFU"] + [
+    "GiB/dev",
+    "x1dev",
+    "eff",
+  ]
+  assert len(table) == 3
+
+
+def test_layouts_flag_syntax_and_the_one_device_baseline():
+  assert benchmark.parse_layouts("fsdp=8;tensor=2,fsdp=4;context=-1;") == [
+    {"fsdp": 8},
+    {"tensor": 2, "fsdp": 4},
+    {"context": -1},
+  ]
+  for bad in ("fsdp", "fsdp=0", "pipeline=2", "fsdp=-1,tensor=-1", "fsdp=2,fsdp=4", ";"):
+    with pytest.raises(ValueError, match="--layouts"):
+      benchmark.parse_layouts(bad)
+  assert benchmark.with_baseline([{"context": 4}]) == [{"context": 4}, {}]
+  assert benchmark.with_baseline([{"context": 4}, {"tensor": 1}]) == [{"context": 4}, {"tensor": 1}]
+  assert benchmark.with_baseline([{"fsdp": 8}]) == [{"fsdp": 8}]

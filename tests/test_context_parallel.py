@@ -18,7 +18,9 @@ RULES = (
 
 def _packed(seed=0, b=2, length=64, heads=8, dim=8):
   rng = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(rng.standard_normal((b, length, heads, dim)), jnp.float32) for _ in range(3))
+  q, k, v = (
+    jnp.asarray(rng.standard_normal((b, length, heads, dim)), jnp.float32) for _ in range(3)
+  )
   seg = np.zeros((b, length), np.int32)
   seg[0, :11], seg[0, 11:40], seg[0, 40:61] = 1, 2, 3  # Segments cross shard boundaries.
   seg[1, :64] = 1
