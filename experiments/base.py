@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     param_dtype="float32",
     remat="none",  # none | full | dots | dots_all
     scan_layers=True,
+    pooled_text=True,  # Mean caption embedding added to the timestep embedding (adaLN).
     text=dict(width=512, depth=4, heads=8, mlp_ratio=4.0),
   )
 

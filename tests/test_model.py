@@ -110,6 +110,17 @@ def test_text_frame_windows_gate_captions():
   assert not np.allclose(run(x["text_ids"], 10)[real], run(other_text, 10)[real], atol=1e-3)
 
 
+def test_pooled_text_is_the_mean_of_the_visible_caption_tokens():
+  text = jnp.arange(1, 6, dtype=jnp.float32)[None, :, None] * jnp.ones((1, 5, 2))
+  tseg = jnp.asarray([[1, 1, 2, 2, 2]])
+  seg = jnp.asarray([[1, 2, 2, 0]])
+  pooled = np.asarray(dit.pool_text(text, seg, tseg))
+  np.testing.assert_allclose(pooled[0, :, 0], [1.5, 4.0, 4.0, 0.0])  # Padding gets zeros.
+  window = jnp.asarray([[[True] * 5, [True, True, False, True, True], [False] * 5, [True] * 5]])
+  pooled = np.asarray(dit.pool_text(text, seg, tseg, window))
+  np.testing.assert_allclose(pooled[0, :, 0], [1.5, 4.5, 0.0, 0.0])
+
+
 def _stacked_to_list(pure):
   """Unstacks scanned `blocks` params into the unrolled layout."""
   out = dict(pure)

@@ -14,7 +14,9 @@ Output: the predicted velocity [B, L, patch_dim].
 Each block: self-attention within a segment (block-diagonal) with QK-norm and
 3D RoPE, cross-attention to the example's own caption, and an MLP; the
 self-attention and MLP branches are modulated by adaLN-Zero from the per-token
-timestep embedding. With adaln="single" (PixArt-alpha) one projection of the
+timestep embedding, to which (pooled_text) each token's mean over the caption
+tokens it may attend to is added: a global caption signal that conditions
+every token from the first step, beside the token-level cross-attention. With adaln="single" (PixArt-alpha) one projection of the
 timestep embedding is shared by all blocks, each adding its own learned table;
 with adaln="block" every block has its own projection (DiT).
 """
@@ -52,6 +54,7 @@ class DiTConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   scan_layers: bool = True
+  pooled_text: bool = True  # Add each token's mean caption embedding to its timestep embedding.
   text: TextConfig | None = None
 
   @classmethod
@@ -140,6 +143,8 @@ class DiT(nnx.Module):
     self.context_proj = layers.Dense(cfg.text.width, w, ("embed", "mlp"), **kw)
     self.patch_embed = layers.Dense(cfg.patch_dim, w, ("patch", "embed"), **kw)
     self.t_embed = layers.TimestepEmbedding(w, **kw)
+    if cfg.pooled_text:
+      self.pooled_proj = layers.Dense(cfg.text.width, w, ("embed", "mlp"), **kw)
     if cfg.adaln == "single":
       self.shared_modulation = layers.Dense(w, (6, w), ("embed", None, "mlp"), init="zeros", **kw)
     self.blocks = stack.make_layers(lambda r: Block(cfg, rngs=r), cfg.depth, rngs, cfg.scan_layers)
@@ -157,16 +162,20 @@ class DiT(nnx.Module):
     text_frames: jax.Array | None = None,
   ) -> jax.Array:
     cfg = self.cfg
-    context = self.context_proj(self.text_encoder(text_ids, text_segment_ids))
+    text = self.text_encoder(text_ids, text_segment_ids)
+    context = self.context_proj(text)
     context = sharding.constrain(context, ("batch", "text_length", "act_embed"))
     x = sharding.constrain(self.patch_embed(tokens), ("batch", "length", "act_embed"))
-    temb = jax.nn.silu(self.t_embed(t))  # [B, L, D]
-    cond = self.shared_modulation(temb) if cfg.adaln == "single" else temb
-    rot = rope.Rotary(coords, cfg.width // cfg.heads, cfg.rope_theta)
     cross_mask = None
     if text_frames is not None:  # Caption token j is visible to frames in its window.
       frame = coords[:, :, None, 0]
       cross_mask = (frame >= text_frames[:, None, :, 0]) & (frame < text_frames[:, None, :, 1])
+    temb = self.t_embed(t)  # [B, L, D]
+    if cfg.pooled_text:
+      temb = temb + self.pooled_proj(pool_text(text, segment_ids, text_segment_ids, cross_mask))
+    temb = jax.nn.silu(temb)
+    cond = self.shared_modulation(temb) if cfg.adaln == "single" else temb
+    rot = rope.Rotary(coords, cfg.width // cfg.heads, cfg.rope_theta)
 
     def apply(block: Block, x: jax.Array) -> jax.Array:
       return block(x, cond, segment_ids, rot, context, text_segment_ids, cross_mask)
@@ -175,3 +184,27 @@ class DiT(nnx.Module):
     shift, scale = jnp.moveaxis(self.final_modulation(temb), -2, 0)
     out = self.final(layers.layer_norm(x) * (1 + scale) + shift)
     return out.astype(jnp.float32)
+
+
+def pool_text(
+  text: jax.Array,
+  segment_ids: jax.Array,
+  text_segment_ids: jax.Array,
+  cross_mask: jax.Array | None = None,
+) -> jax.Array:
+  """Each video token's mean over the caption tokens it may attend to: [B, L, Dt].
+
+  The global caption signal of SD3's pooled embedding and DiT's class
+  embedding, for packed rows: the mean runs over the token's own example's
+  caption (and, with storyboards, the caption tokens whose window holds the
+  token's frame). A token with no caption (padding) gets zeros.
+  """
+  visible = (segment_ids[:, :, None] == text_segment_ids[:, None, :]) & (
+    segment_ids[:, :, None] > 0
+  )
+  if cross_mask is not None:
+    visible = visible & cross_mask
+  weights = visible.astype(text.dtype)
+  weights = weights / jnp.maximum(weights.sum(-1, keepdims=True), 1)
+  pooled = jnp.einsum("blj,bjd->bld", weights, text)
+  return sharding.constrain(pooled, ("batch", "length", "act_embed"))
