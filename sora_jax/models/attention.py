@@ -160,7 +160,7 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale):
 
 
 # Logits held at once by the reference before it processes queries in chunks.
-CHUNK_ELEMENTS = 1 << 26
+CHUNK_ELEMENTS = 1 << 24
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
