@@ -1,0 +1,346 @@
+"""A causal 3D convolutional video autoencoder (KL-VAE) for latent diffusion.
+
+  video   [B, T, H, W, 3] in [-1, 1], T = 1 + 4k, H and W multiples of 8
+  latent  [B, 1 + k, H/8, W/8, C]   (defaults: 4x in time, 8x in space)
+
+Causal in time. Every temporal convolution pads (kernel_t - 1) ZERO frames on
+the past side only, so no output frame depends on a later input frame, and the
+first frame is encoded on its own: an image (T=1) is a one-frame video in the
+same latent space. Temporal downsampling is a stride-2 causal conv, which maps
+1 + 2k -> 1 + k frames (frame 0 alone, then pairs); temporal upsampling keeps
+frame 0 single and repeats the others, 1 + k -> 1 + 2k. Latent frame j thus
+sees input frames <= 4j, and output frame t sees latent frames <= ceil(t / 4).
+Normalization is an RMS norm over channels at each pixel of each frame, with
+no statistics over time (causality) or space (tiles see the same statistics).
+
+Chunking. A conv is a function (x, cache) -> (y, new_cache): `cache` holds the
+trailing input frames that its next outputs still need (None on the first
+chunk: zero padding), and composite modules thread a nested tuple of their
+convs' caches. `encode_chunked` cuts the video as [frame 0] + [chunk_frames]*
+(chunk_frames a multiple of 4, the last chunk may be shorter but still a
+multiple of 4); `decode_chunked` cuts the latent as [frame 0] +
+[chunk_latent_frames]*. Both equal the one-shot result up to float rounding.
+
+Tiling. `encode_tiled` and `decode_tiled` run overlapping spatial tiles and
+blend them with linear ramps across the overlap. An input that fits in one
+tile gives exactly the one-pass result; otherwise the result is approximate,
+since the receptive field crosses tile borders.
+
+Logical axis names: conv kernels [kt, kh, kw, in, out] are (None, None, None,
+"conv_in", "conv_out"), 1x1 projections ("conv_in", "conv_out"), conv biases
+("conv_out",) and norm scales ("conv_in",), as the next conv reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sora_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderConfig:
+  latent_channels: int = 8
+  base_channels: int = 32
+  channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # One level per entry; 2x spatial down between.
+  num_res_blocks: int = 1
+  temporal_down: tuple[bool, ...] = (False, True, True)  # Per down step: also 2x in time?
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if len(self.temporal_down) != len(self.channel_mults) - 1:
+      raise ValueError(
+        f"temporal_down={self.temporal_down} needs one entry per down step "
+        f"(len(channel_mults) - 1 = {len(self.channel_mults) - 1})"
+      )
+    if not 1 <= self.latent_channels <= 64:
+      raise ValueError(f"latent_channels={self.latent_channels}; allowed: 1..64 (usually 4..16)")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"{name}={getattr(self, name)!r}; allowed: float32, bfloat16, float16")
+
+  @property
+  def spatial_factor(self) -> int:
+    return 2 ** (len(self.channel_mults) - 1)
+
+  @property
+  def temporal_factor(self) -> int:
+    return 2 ** sum(self.temporal_down)
+
+
+def kl_loss(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, 1)), averaged over all latent elements."""
+  return 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+
+
+class CausalConv3d(nnx.Module):
+  """3D conv over [B, T, H, W, C]: causal in time (zero past padding), 'same' in space.
+
+  Output frame i reads padded frames [i*s, i*s + kt), so with temporal stride s there
+  are (T - 1) // s + 1 outputs: stride 2 with kt = 3 maps 1 + 2k -> 1 + k frames, the
+  first output seeing frame 0 alone. Returns (y, cache): the cache is every padded
+  input frame from the next output's window on (kt - s of them), for the next chunk.
+  """
+
+  def __init__(self, cin, cout, kernel=(3, 3, 3), stride=(1, 1, 1), *, rngs, dtype, param_dtype):
+    self.kernel_size, self.stride = tuple(kernel), tuple(stride)
+    init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    self.kernel = nnx.Param(
+      init(rngs.params(), (*kernel, cin, cout), param_dtype),
+      out_sharding=(None, None, None, "conv_in", "conv_out"),
+    )
+    self.bias = nnx.Param(jnp.zeros((cout,), param_dtype), out_sharding=("conv_out",))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, cache: jax.Array | None = None):
+    kt, kh, kw = self.kernel_size
+    x = x.astype(self.dtype)
+    if cache is None:
+      cache = jnp.zeros((x.shape[0], kt - 1, *x.shape[2:]), x.dtype)
+    x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)  # [B, past + T, H, W, C]
+    y = jax.lax.conv_general_dilated(
+      x,
+      self.kernel[...].astype(self.dtype),
+      window_strides=self.stride,
+      padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
+    # Keep the input frames from the next output's window start on.
+    return y + self.bias[...].astype(self.dtype), x[:, y.shape[1] * self.stride[0] :]
+
+
+def _chain(modules, x, cache):
+  """Runs (x, cache) -> (y, cache) modules in sequence; cache is a tuple of theirs, or None."""
+  caches = (None,) * len(modules) if cache is None else cache
+  new = []
+  for module, c in zip(modules, caches, strict=True):
+    x, c = module(x, c)
+    new.append(c)
+  return x, tuple(new)
+
+
+class ResBlock(nnx.Module):
+  """x + conv(silu(norm(conv(silu(norm(x)))))), with a 1x1 projection when widths differ."""
+
+  def __init__(self, cin, cout, *, rngs, dtype, param_dtype):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.norm1 = layers.RMSNorm(cin, "conv_in", param_dtype=param_dtype)
+    self.conv1 = CausalConv3d(cin, cout, **kw)
+    self.norm2 = layers.RMSNorm(cout, "conv_in", param_dtype=param_dtype)
+    self.conv2 = CausalConv3d(cout, cout, **kw)
+    self.skip = layers.Dense(cin, cout, ("conv_in", "conv_out"), **kw) if cin != cout else None
+
+  def __call__(self, x, cache=None):
+    c1, c2 = (None, None) if cache is None else cache
+    h, c1 = self.conv1(jax.nn.silu(self.norm1(x)), c1)
+    h, c2 = self.conv2(jax.nn.silu(self.norm2(h)), c2)
+    return (x if self.skip is None else self.skip(x)) + h, (c1, c2)
+
+
+class Upsample(nnx.Module):
+  """Nearest 2x in space (and in time: 1 + k -> 1 + 2k, frame 0 kept single), then a conv."""
+
+  def __init__(self, ch, temporal: bool, *, rngs, dtype, param_dtype):
+    self.temporal = temporal
+    self.conv = CausalConv3d(ch, ch, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x, cache=None):
+    if self.temporal:  # The first chunk (no cache yet) holds frame 0.
+      rest = x[:, 1:] if cache is None else x
+      rest = jnp.repeat(rest, 2, axis=1)
+      x = jnp.concatenate([x[:, :1], rest], axis=1) if cache is None else rest
+    x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+    return self.conv(x, cache)
+
+
+class Head(nnx.Module):
+  """conv(silu(norm(x))): the output layer of the encoder and the decoder."""
+
+  def __init__(self, cin, cout, *, rngs, dtype, param_dtype):
+    self.norm = layers.RMSNorm(cin, "conv_in", param_dtype=param_dtype)
+    self.conv = CausalConv3d(cin, cout, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x, cache=None):
+    return self.conv(jax.nn.silu(self.norm(x)), cache)
+
+
+class Encoder(nnx.Module):
+  """Video -> [mean, logvar] stacked on channels; each stage is (x, cache) -> (y, cache)."""
+
+  def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    chans = [cfg.base_channels * m for m in cfg.channel_mults]
+    stages, cin = [CausalConv3d(3, chans[0], **kw)], chans[0]
+    for i, ch in enumerate(chans):
+      for _ in range(cfg.num_res_blocks):
+        stages.append(ResBlock(cin, ch, **kw))
+        cin = ch
+      if i < len(chans) - 1:
+        t = cfg.temporal_down[i]
+        stages.append(CausalConv3d(ch, ch, (3 if t else 1, 3, 3), (2 if t else 1, 2, 2), **kw))
+    stages += [ResBlock(cin, cin, **kw), Head(cin, 2 * cfg.latent_channels, **kw)]
+    self.stages = nnx.List(stages)
+
+  def __call__(self, x, cache=None):
+    return _chain(self.stages, x, cache)
+
+
+class Decoder(nnx.Module):
+  """Latent -> video, mirroring the encoder; each stage is (x, cache) -> (y, cache)."""
+
+  def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
+    kw = dict(rngs=rngs, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    chans = [cfg.base_channels * m for m in cfg.channel_mults]
+    cin = chans[-1]
+    stages = [CausalConv3d(cfg.latent_channels, cin, **kw), ResBlock(cin, cin, **kw)]
+    for i in reversed(range(len(chans))):
+      for _ in range(cfg.num_res_blocks):
+        stages.append(ResBlock(cin, chans[i], **kw))
+        cin = chans[i]
+      if i > 0:
+        stages.append(Upsample(cin, cfg.temporal_down[i - 1], **kw))
+    stages.append(Head(cin, 3, **kw))
+    self.stages = nnx.List(stages)
+
+  def __call__(self, x, cache=None):
+    return _chain(self.stages, x, cache)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_apply(graphdef, state, x, cache):
+  """One chunk through a split encoder or decoder, compiled once per chunk shape."""
+  return nnx.merge(graphdef, state)(x, cache)
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+  """Tile offsets covering [0, n): every tile - overlap, the last one flush with the end."""
+  return [0] if n <= tile else sorted({*range(0, n - tile, tile - overlap), n - tile})
+
+
+def _ramp(n: int, ramp: int, left: bool, right: bool) -> jax.Array:
+  """Blend weights [n]: linear ramps of `ramp` samples on the sides that overlap a neighbour."""
+  i, w = jnp.arange(n, dtype=jnp.float32), jnp.ones((n,), jnp.float32)
+  w = jnp.minimum(w, (i + 1) / (ramp + 1)) if left else w
+  return jnp.minimum(w, (n - i) / (ramp + 1)) if right else w
+
+
+def _tiled(fn, x, grid, tile, overlap, in_scale, out_scale):
+  """fn on overlapping spatial tiles of x, blended. Tile units are latent pixels: a latent
+  pixel is `in_scale` pixels of x and `out_scale` pixels of fn's outputs (a pytree)."""
+  (gh, gw), (th, tw) = grid, (min(tile, grid[0]), min(tile, grid[1]))
+  out, weight = None, 0.0
+  for sh in _starts(gh, tile, overlap):
+    for sw in _starts(gw, tile, overlap):
+      y = fn(x[:, :, sh * in_scale : (sh + th) * in_scale, sw * in_scale : (sw + tw) * in_scale])
+      wh = _ramp(th * out_scale, overlap * out_scale, sh > 0, sh + th < gh)
+      ww = _ramp(tw * out_scale, overlap * out_scale, sw > 0, sw + tw < gw)
+      pad = (
+        (sh * out_scale, (gh - sh - th) * out_scale),
+        (sw * out_scale, (gw - sw - tw) * out_scale),
+      )
+      w = jnp.pad(wh[:, None] * ww[None, :], pad)[..., None]  # [H, W, 1] on the whole frame
+      place = lambda a, pad=pad: jnp.pad(a, ((0, 0), (0, 0), *pad, (0, 0)))
+      y = jax.tree.map(lambda a, w=w, place=place: place(a) * w, y)
+      out = y if out is None else jax.tree.map(jnp.add, out, y)
+      weight = weight + w
+  return jax.tree.map(lambda acc: acc / weight, out)
+
+
+class VideoAutoencoder(nnx.Module):
+  """The KL video autoencoder: encode, sample, decode; chunked and tiled variants."""
+
+  def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.decoder = Decoder(cfg, rngs=rngs)
+
+  def _check_video(self, x: jax.Array) -> None:
+    tf, sf = self.config.temporal_factor, self.config.spatial_factor
+    _, t, h, w, c = x.shape
+    if (t - 1) % tf or h % sf or w % sf or c != 3:
+      raise ValueError(
+        f"video shape {x.shape}: need [B, 1 + {tf}k, H, W, 3] with H, W multiples of {sf}"
+      )
+
+  def _moments(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+    return mean, jnp.clip(logvar, -30.0, 20.0)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Video [B, T, H, W, 3] -> (mean, logvar), each [B, 1 + (T-1)/4, H/8, W/8, C], float32."""
+    self._check_video(x)
+    return self._moments(self.encoder(x)[0])
+
+  @staticmethod
+  def sample(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
+    """z = mean + exp(logvar / 2) * noise."""
+    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """Latent [B, 1 + k, h, w, C] -> video [B, 1 + 4k, 8h, 8w, 3], float32."""
+    return self.decoder(z)[0].astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, rng: jax.Array):
+    """Video -> (reconstruction, mean, logvar), decoding a posterior sample."""
+    mean, logvar = self.encode(x)
+    return self.decode(self.sample(mean, logvar, rng)), mean, logvar
+
+  def _chunked(self, module, x, bounds):
+    graphdef, state = nnx.split(module)
+    outs, cache = [], None
+    for s, e in zip(bounds[:-1], bounds[1:]):
+      y, cache = _jit_apply(graphdef, state, x[:, s:e], cache)
+      outs.append(y)
+    return jnp.concatenate(outs, axis=1)
+
+  def encode_chunked(self, x: jax.Array, chunk_frames: int = 4):
+    """encode() run on [frame 0] + [chunk_frames]* frames at a time, carrying conv caches."""
+    self._check_video(x)
+    if chunk_frames <= 0 or chunk_frames % self.config.temporal_factor:
+      raise ValueError(
+        f"chunk_frames={chunk_frames}: must be a positive multiple of {self.config.temporal_factor}"
+      )
+    t = x.shape[1]
+    bounds = [0, *range(1, t, chunk_frames), t]
+    return self._moments(self._chunked(self.encoder, x, bounds))
+
+  def decode_chunked(self, z: jax.Array, chunk_latent_frames: int = 1) -> jax.Array:
+    """decode() run on [frame 0] + [chunk_latent_frames]* latent frames at a time."""
+    if chunk_latent_frames <= 0:
+      raise ValueError(f"chunk_latent_frames={chunk_latent_frames}: must be positive")
+    t = z.shape[1]
+    bounds = [0, *range(1, t, chunk_latent_frames), t]
+    return self._chunked(self.decoder, z, bounds).astype(jnp.float32)
+
+  def encode_tiled(self, x: jax.Array, tile_latent: int = 32, overlap_latent: int = 8):
+    """encode() on overlapping spatial tiles of tile_latent * 8 pixels, blended."""
+    self._check_video(x)
+    sf = self.config.spatial_factor
+    grid = (x.shape[2] // sf, x.shape[3] // sf)
+    if max(grid) <= tile_latent:
+      return self.encode(x)
+    _check_tiles(tile_latent, overlap_latent)
+    graphdef, state = nnx.split(self.encoder)
+    fn = lambda tile: self._moments(_jit_apply(graphdef, state, tile, None)[0])
+    return _tiled(fn, x, grid, tile_latent, overlap_latent, sf, 1)
+
+  def decode_tiled(self, z: jax.Array, tile_latent: int = 32, overlap_latent: int = 8):
+    """decode() on overlapping spatial tiles of tile_latent latent pixels, blended."""
+    if max(z.shape[2:4]) <= tile_latent:
+      return self.decode(z)
+    _check_tiles(tile_latent, overlap_latent)
+    graphdef, state = nnx.split(self.decoder)
+    fn = lambda tile: _jit_apply(graphdef, state, tile, None)[0].astype(jnp.float32)
+    sf = self.config.spatial_factor
+    return _tiled(fn, z, z.shape[2:4], tile_latent, overlap_latent, 1, sf)
+
+
+def _check_tiles(tile: int, overlap: int) -> None:
+  if not 0 <= overlap < tile:
+    raise ValueError(f"tile_latent={tile}, overlap_latent={overlap}: need 0 <= overlap < tile")
