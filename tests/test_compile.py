@@ -127,7 +127,7 @@ def test_8b_preset_compiles_abstractly_and_out_of_memory_is_caught():
   assert len(errors) == 1, proc.stderr[-3000:]
   assert errors[0].startswith("error: out of memory on --topology=h100:8: the step needs")
   assert "80 GiB (estimate)" in errors[0]
-  assert "8.89B parameters" in proc.stdout and "temporaries" in proc.stdout
+  assert "8.90B parameters" in proc.stdout and "temporaries" in proc.stdout
   peak_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
   assert peak_rss_gib < 6, peak_rss_gib
 
