@@ -73,5 +73,11 @@ class Writer:
       self._events = None
 
 
+def read_jsonl(logdir: str) -> list[dict]:
+  """The records `Writer.scalars` appended to LOGDIR/metrics.jsonl, in order."""
+  with open(os.path.join(logdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def _fmt(v: float) -> str:
   return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"

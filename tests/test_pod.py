@@ -2,7 +2,6 @@
 SIGTERM saves at a step boundary and exits 0."""
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import numpy as np
 
-from sora_jax import sample, sampling
+from sora_jax import metrics, sample, sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config.train.num_steps=16", "--config.train.checkpoint_every=4"]
@@ -35,12 +34,8 @@ def _env(devices):
 
 
 def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "tensorboard", "metrics.jsonl")) as f:
-    for line in f:
-      d = json.loads(line)
-      out[d["step"]] = d["loss"]
-  return out
+  """step -> loss, the last logged value of each step."""
+  return {d["step"]: d["loss"] for d in metrics.read_jsonl(os.path.join(workdir, "tensorboard"))}
 
 
 def _steps(workdir):

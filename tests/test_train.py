@@ -1,7 +1,6 @@
 """The training loop: it learns, it resumes exactly after a kill, it stops on non-finite values,
 and bad configs fail with one clear line before anything compiles."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from data_pipelines import tokenizer
 from experiments import dit_tiny
-from sora_jax import factory, input_pipeline, sharding
+from sora_jax import factory, input_pipeline, metrics, sharding
 from sora_jax.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +38,7 @@ def _run(cmd, **kw):
 
 def _losses(workdir):
   """step -> loss, the last logged value of each step."""
-  out = {}
-  with open(os.path.join(workdir, "tensorboard", "metrics.jsonl")) as f:
-    for line in f:
-      d = json.loads(line)
-      out[d["step"]] = d["loss"]
-  return out
+  return {d["step"]: d["loss"] for d in metrics.read_jsonl(os.path.join(workdir, "tensorboard"))}
 
 
 def test_training_overfits_a_tiny_batch(tiny_data_dir):
