@@ -57,7 +57,31 @@ def decode(
     return decode_image(example.media)[None]
   if fmt in schema.VIDEO_FORMATS:
     return decode_video(example.media, start_frame=start_frame, max_frames=max_frames)
+  if fmt == schema.LATENT_FORMAT:
+    raise MediaError(f"{example.source_id}: a cached-latent record holds no pixels")
   raise MediaError(f"{example.source_id}: unknown media_format {fmt!r}")
+
+
+def encode_latent(mean: np.ndarray, logvar: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
+  """Posterior moments `[t, h, w, C]` each -> (media bytes, latent_shape) of a latent record."""
+  both = np.concatenate([np.asarray(mean, np.float32), np.asarray(logvar, np.float32)], axis=-1)
+  return zlib.compress(np.ascontiguousarray(both).tobytes(), 1), tuple(both.shape)
+
+
+def decode_latent(example: schema.Example) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, logvar), float32 `[t, h, w, C]` each, of a cached-latent record."""
+  if example.media_format != schema.LATENT_FORMAT:
+    raise MediaError(f"{example.source_id}: media_format {example.media_format!r} is not a latent")
+  try:
+    data = zlib.decompress(example.media)
+  except zlib.error as e:
+    raise MediaError(f"{example.source_id}: corrupt latent: {e}") from None
+  shape = tuple(example.latent_shape)
+  if len(data) != 4 * int(np.prod(shape)):
+    raise MediaError(f"{example.source_id}: latent has {len(data)} bytes, not float32 {shape}")
+  both = np.frombuffer(data, np.float32).reshape(shape)
+  c = shape[-1] // 2
+  return both[..., :c], both[..., c:]
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -162,13 +162,18 @@ class Tokenize:
     geom: sizing.Geometry,
     tokenizer: Tokenizer,
     decode_record: Callable[[Any], schema.Example] = to_example,
-    to_latent: Callable[[np.ndarray], np.ndarray] | None = None,
+    to_moments: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    from_moments: Callable[..., np.ndarray] | None = None,
   ):
+    """`to_moments` (video [T, H, W, 3] in [-1, 1] -> posterior mean, logvar [t, h, w, C])
+    and `from_moments` ((mean, logvar, rng) -> latent) make a latent stage; with neither,
+    the tokens are pixels. Cached-latent records need only `from_moments`."""
     self.opts = opts
     self.geom = geom
     self.tokenizer = tokenizer
     self.decode_record = decode_record
-    self.to_latent = to_latent  # [T, H, W, 3] in [-1, 1] -> [t, h, w, C]; None = pixels.
+    self.to_moments = to_moments
+    self.from_moments = from_moments
 
   def choose_size(self, ex: schema.Example, rng: np.random.Generator) -> tuple[int, int, int]:
     o = self.opts
@@ -184,6 +189,29 @@ class Tokenize:
       min_token_fraction=o.min_token_fraction,
     )
 
+  def cached_latent(
+    self, ex: schema.Example, size: tuple[int, int, int], rng: np.random.Generator
+  ) -> np.ndarray:
+    """The latent of a cached record, which must have been cached at the size chosen now."""
+    if self.from_moments is None:
+      raise media.MediaError(
+        f"{ex.source_id}: a cached-latent record needs latent.kind='autoencoder'"
+      )
+    if size != (ex.num_frames, ex.height, ex.width):
+      raise ValueError(
+        f"{ex.source_id}: cached at {ex.num_frames}x{ex.height}x{ex.width} (frames x height x "
+        f"width) but this config's data options choose {size[0]}x{size[1]}x{size[2]}; cache "
+        "again with this config (data_pipelines.cache_latents --config=...)"
+      )
+    want = (*self.geom.latent_shape(*size), 2 * self.geom.channels)
+    if tuple(ex.latent_shape) != want:
+      raise ValueError(
+        f"{ex.source_id}: cached latent {tuple(ex.latent_shape)} is not the {want} of this "
+        "config's autoencoder; cache again with it"
+      )
+    mean, logvar = media.decode_latent(ex)
+    return self.from_moments(mean, logvar, rng)
+
   def caption(self, ex: schema.Example, rng: np.random.Generator) -> str:
     caption = ex.captions[int(rng.integers(len(ex.captions)))]
     return "" if rng.random() < self.opts.caption_dropout else caption
@@ -195,18 +223,23 @@ class Tokenize:
       stride = max(1, min(self.opts.frame_stride, (ex.num_frames - 1) // max(frames - 1, 1)))
       span = (frames - 1) * stride + 1
       start = int(rng.integers(ex.num_frames - span + 1))
-      pixels = media.decode(ex, start_frame=start, max_frames=span)[::stride]
+      if ex.media_format == schema.LATENT_FORMAT:
+        video = self.cached_latent(ex, (frames, height, width), rng)
+      else:
+        pixels = media.decode(ex, start_frame=start, max_frames=span)[::stride]
+        video = None
     except (schema.SchemaError, media.MediaError) as e:
       logging.warning("skipping a record that does not decode: %s", e)
       return None
-    if pixels.shape[0] != frames:  # A video shorter than its header said.
-      frames = self.geom.pixel_frames(self.geom.latent_frames(pixels.shape[0]))
-      pixels = pixels[:frames]
-    video = to_unit_range(resize_frames(pixels, height, width))
-    if self.to_latent is not None:
-      video = self.to_latent(video)
-    else:
-      video = video[: self.geom.latent_frames(frames)]  # Pixel stage: T = latent T.
+    if video is None:
+      if pixels.shape[0] != frames:  # A video shorter than its header said.
+        frames = self.geom.pixel_frames(self.geom.latent_frames(pixels.shape[0]))
+        pixels = pixels[:frames]
+      video = to_unit_range(resize_frames(pixels, height, width))
+      if self.to_moments is not None:
+        video = self.from_moments(*self.to_moments(video), rng)
+      else:
+        video = video[: self.geom.latent_frames(frames)]  # Pixel stage: T = latent T.
     grid = patchify.grid_shape(video.shape[:3], self.geom.patch)
     tokens = patchify.patchify(video, self.geom.patch)
     coords = patchify.coordinates(grid)

@@ -9,6 +9,12 @@ the container or image codec: "mp4", "webm", "mov", "mkv", "png", "jpeg",
 (`media_format` "raw"), optionally zlib-compressed ("raw+zlib"), which the
 built-in synthetic clips use because flat colours compress losslessly and decode
 far faster than any video codec.
+
+A *cached latent* record (`media_format` "latent", written by
+data_pipelines.cache_latents) holds instead the autoencoder posterior of the
+clip: zlib-compressed float32 `[t, h, w, 2C]`, the mean then the log-variance
+on the last axis, with `latent_shape` = (t, h, w, 2C); num_frames, height and
+width are the pixel size that was encoded.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ SCHEMA_VERSION = 1
 VIDEO_FORMATS = ("mp4", "webm", "mov", "mkv")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 RAW_FORMATS = ("raw", "raw+zlib")
-MEDIA_FORMATS = VIDEO_FORMATS + IMAGE_FORMATS + RAW_FORMATS
+LATENT_FORMAT = "latent"
+MEDIA_FORMATS = VIDEO_FORMATS + IMAGE_FORMATS + RAW_FORMATS + (LATENT_FORMAT,)
 
 # Sanity limits for any stored example; larger or smaller is "absurd" input.
 MIN_SIDE = 2
@@ -51,6 +58,7 @@ class Example:
       range, or generator seed), unique within a dataset.
     clip_start: start time in seconds within the source video (0 for images).
     attributes: small free-form string map (e.g. synthetic ground truth).
+    latent_shape: (t, h, w, 2C) of a cached-latent record; () otherwise.
   """
 
   media: bytes
@@ -63,6 +71,7 @@ class Example:
   source_id: str
   clip_start: float = 0.0
   attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  latent_shape: tuple[int, ...] = ()
 
   @property
   def is_image(self) -> bool:
@@ -88,6 +97,12 @@ class Example:
       raise SchemaError("captions must be a non-empty list of strings")
     if not self.source_id:
       raise SchemaError("source_id is empty")
+    if (self.media_format == LATENT_FORMAT) != bool(self.latent_shape):
+      raise SchemaError("latent_shape is set exactly for media_format 'latent'")
+    if self.latent_shape and (
+      len(self.latent_shape) != 4 or min(self.latent_shape) <= 0 or self.latent_shape[3] % 2
+    ):
+      raise SchemaError(f"latent_shape={self.latent_shape}; need (t, h, w, 2C), all positive")
     if self.media_format == "raw":
       want = self.num_frames * self.height * self.width * 3
       if len(self.media) != want:
@@ -99,6 +114,9 @@ class Example:
     d["media"] = bytes(self.media)
     d["captions"] = list(self.captions)
     d["attributes"] = dict(self.attributes)
+    d["latent_shape"] = list(self.latent_shape)
+    if not self.latent_shape:
+      del d["latent_shape"]
     d["schema_version"] = SCHEMA_VERSION
     return d
 
@@ -116,6 +134,7 @@ class Example:
         source_id=str(d["source_id"]),
         clip_start=float(d.get("clip_start", 0.0)),
         attributes={str(k): str(v) for k, v in dict(d.get("attributes") or {}).items()},
+        latent_shape=tuple(int(v) for v in d.get("latent_shape") or ()),
       )
     except KeyError as e:
       raise SchemaError(f"record is missing field {e.args[0]!r}") from None

@@ -34,8 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
     worker_buffer_size=2,
   )
 
-  # Latent stage (sora_jax.latent): "pixel" is the identity.
-  c.latent = dict(kind="pixel")
+  # Latent stage (sora_jax.latent): "pixel" is the identity; "autoencoder" is a
+  # trained video autoencoder (sora_jax.train_autoencoder) in `autoencoder`.
+  c.latent = dict(
+    kind="pixel",
+    autoencoder="",  # Its workdir.
+    step=-1,  # Its checkpoint (-1: the latest).
+    stats_file="",  # Latent shift/scale; "": the autoencoder's latent_stats.json.
+  )
 
   # Diffusion transformer (sora_jax.models.dit.DiTConfig).
   c.model = dict(

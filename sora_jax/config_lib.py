@@ -105,6 +105,42 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     else:
       _require(os.path.isdir(d.data_dir), f"config.data.data_dir={d.data_dir}: no such directory")
 
+  # Latent stage.
+  lat = cfg.latent
+  _require(
+    lat.kind in ("pixel", "autoencoder"),
+    f"config.latent.kind={lat.kind!r}; allowed: 'pixel', 'autoencoder'",
+  )
+  if lat.kind == "autoencoder":
+    _require(
+      bool(lat.autoencoder),
+      "config.latent.autoencoder is empty; pass the workdir of a trained autoencoder "
+      "(python -m sora_jax.train_autoencoder)",
+    )
+    if for_training:
+      _require(
+        os.path.isdir(os.path.join(lat.autoencoder, "checkpoints")),
+        f"config.latent.autoencoder={lat.autoencoder}: no checkpoints there",
+      )
+  if for_training and d.source == "array_record":
+    cached = manifest.get("latent")
+    if cached:
+      _require(
+        lat.kind == "autoencoder",
+        f"config.data.data_dir={d.data_dir} holds cached latents; set config.latent.kind="
+        "'autoencoder' and config.latent.autoencoder to the autoencoder that made them",
+      )
+      for k, v in cached["data_options"].items():
+        _require(
+          d[k] == v,
+          f"config.data.{k}={d[k]}: the latents in {d.data_dir} were cached with {v}; "
+          "use that, or cache again with this config",
+        )
+      _require(
+        tuple(m.patch) == tuple(cached["patch"]),
+        f"config.model.patch={tuple(m.patch)}: the latents were cached for {tuple(cached['patch'])}",
+      )
+
   # Flow, optimizer, loop.
   _require(cfg.flow.logit_std > 0, f"config.flow.logit_std={cfg.flow.logit_std}: must be positive")
   _require(

@@ -7,19 +7,42 @@ a model inside a traced function.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
-from data_pipelines import pipeline, sizing
+from data_pipelines import pipeline, shards, sizing
 from sora_jax import flow, latent, sharding
 from sora_jax.models import dit
 
 
-def stage(cfg: ml_collections.ConfigDict) -> latent.LatentStage:
-  return latent.make_stage(cfg.latent)
+def stage(cfg: ml_collections.ConfigDict, directory: str | None = None) -> latent.LatentStage:
+  """The config's latent stage; `directory` overrides the autoencoder (e.g. a run's copy).
+
+  Training on cached latents without latent.stats_file normalizes with the
+  statistics the cache was made with.
+  """
+  lat = dict(cfg.latent)
+  if lat.get("kind") == "autoencoder" and not lat.get("stats_file") and directory is None:
+    cached = cached_latents(cfg)
+    if cached:
+      lat["stats_file"] = os.path.join(cfg.data.data_dir, cached["stats_file"])
+  return latent.make_stage(lat, directory)
+
+
+def cached_latents(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The "latent" entry of a cached-latent dataset's manifest, or None."""
+  d = cfg.data
+  if d.source != "array_record" or not d.data_dir:
+    return None
+  try:
+    return shards.read_manifest(d.data_dir).get("latent")
+  except shards.DatasetError:
+    return None
 
 
 def geometry(
@@ -48,13 +71,18 @@ def dit_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> dit.DiTConfig
 
 
 class Model:
-  """A DiT's graph definition plus how its parameters are sharded on a mesh."""
+  """A model's graph definition plus how its parameters are sharded on a mesh.
 
-  def __init__(self, dit_cfg: dit.DiTConfig, mesh: jax.sharding.Mesh, rules):
-    self.cfg = dit_cfg
+  `build(cfg, rngs)` makes the module; the default builds a DiT (the
+  autoencoder trainer passes its own).
+  """
+
+  def __init__(self, cfg: Any, mesh: jax.sharding.Mesh, rules, build: Callable | None = None):
+    self.cfg = cfg
     self.mesh = mesh
     self.rules = tuple(rules)
-    abstract = nnx.eval_shape(lambda: dit.DiT(dit_cfg, rngs=nnx.Rngs(0)))
+    self.build = build or (lambda c, rngs: dit.DiT(c, rngs=rngs))
+    abstract = nnx.eval_shape(lambda: self.build(cfg, nnx.Rngs(0)))
     self.graphdef, abstract_params = nnx.split(abstract, nnx.Param)
     self.param_shardings = nnx.to_pure_dict(
       sharding.param_shardings(abstract_params, self.rules, mesh)
@@ -69,11 +97,11 @@ class Model:
     """Freshly initialized parameters, created directly in their shards."""
 
     def create():
-      return nnx.to_pure_dict(nnx.state(dit.DiT(self.cfg, rngs=nnx.Rngs(seed)), nnx.Param))
+      return nnx.to_pure_dict(nnx.state(self.build(self.cfg, nnx.Rngs(seed)), nnx.Param))
 
     with jax.set_mesh(self.mesh):
       return jax.jit(create, out_shardings=self.param_shardings)()
 
-  def merge(self, params: dict[str, Any]) -> dit.DiT:
+  def merge(self, params: dict[str, Any]) -> nnx.Module:
     """A model using `params` (call inside jit)."""
     return nnx.merge(self.graphdef, params)

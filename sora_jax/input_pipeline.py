@@ -74,7 +74,8 @@ class ShardedStream:
       factory.geometry(cfg, stage),
       tokenizer,
       decode_record=decode,
-      to_latent=None if isinstance(stage, latent.PixelStage) else stage.encode,
+      to_moments=getattr(stage, "moments", None),
+      from_moments=getattr(stage, "from_moments", None),
     )
     seed = cfg.seed if seed is None else seed
     rows = cfg.train.global_batch_size // v

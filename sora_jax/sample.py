@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 from data_pipelines import contact_sheet, media
 from data_pipelines.tokenizer import MODEL_NAME, Tokenizer
-from sora_jax import checkpointing, config_lib, distributed, factory, sampling, sharding
+from sora_jax import checkpointing, config_lib, distributed, factory, latent, sampling, sharding
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +46,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the first variant; variant k uses seed + k.")
   flags.DEFINE_integer("num_variants", 1, "Videos per prompt.")
   flags.DEFINE_string("output", "out/samples", "Output directory.")
+  flags.DEFINE_string(
+    "autoencoder",
+    None,
+    "For latent-space runs: the autoencoder workdir that decodes the latents "
+    "(default: the copy saved beside the checkpoints, WORKDIR/autoencoder).",
+  )
 
 
 def read_requests(
@@ -108,13 +114,23 @@ def generate(
   cfg_scale: float | None = None,
   sampler: str | None = None,
   progress: bool = True,
+  autoencoder: str | None = None,
 ):
-  """Returns (videos uint8 [T, H, W, 3] per request, the run's config, the step)."""
+  """Returns (videos uint8 [T, H, W, 3] per request, the run's config, the step).
+
+  A latent-space run decodes with `autoencoder`, else the copy in its workdir.
+  """
   step, config = checkpointing.restore_config(workdir, step)
   cfg = config_lib.from_json(config)
   tokenizer_path = os.path.join(workdir, MODEL_NAME)
   tokenizer = Tokenizer(tokenizer_path)
-  stage = factory.stage(cfg)
+  if cfg.latent.get("kind") == "autoencoder" and not autoencoder:
+    autoencoder = os.path.join(workdir, latent.AUTOENCODER_COPY)
+    if not os.path.isdir(autoencoder):
+      raise FileNotFoundError(
+        f"{autoencoder}: this latent-space run has no autoencoder copy; name one with --autoencoder"
+      )
+  stage = factory.stage(cfg, autoencoder)
   geom = factory.geometry(cfg, stage)
   opts = factory.options(cfg)
   for r in requests:  # Fail on a bad size before restoring any weights.
@@ -182,6 +198,7 @@ def main(argv: Sequence[str]) -> None:
       steps=FLAGS.steps,
       cfg_scale=FLAGS.cfg_scale,
       sampler=FLAGS.sampler,
+      autoencoder=FLAGS.autoencoder,
     )
   except (sampling.RequestError, checkpointing.CheckpointError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")

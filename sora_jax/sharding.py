@@ -109,6 +109,23 @@ def param_shardings(abstract_state: Any, rules: Rules, mesh: Mesh) -> Any:
   return jax.tree.map(one, abstract_state, is_leaf=lambda x: hasattr(x, "get_metadata"))
 
 
+def like_params(opt_state: Any, param_shardings: Any, replicated: NamedSharding) -> Any:
+  """Optimizer moments shard like their parameters (matched by path suffix); the rest replicate."""
+  by_path = {
+    tuple(map(str, p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+  }
+
+  def one(path, leaf):
+    keys = tuple(map(str, path))
+    if leaf.shape:
+      for n in range(len(keys)):
+        if keys[n:] in by_path:
+          return by_path[keys[n:]]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
 # ------------------------------------------------------------------------------
 # Activation constraints inside model code.
 # ------------------------------------------------------------------------------

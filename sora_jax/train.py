@@ -31,6 +31,7 @@ from sora_jax import (
   factory,
   flops,
   input_pipeline,
+  latent,
   metrics,
   sharding,
 )
@@ -105,6 +106,9 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
     f"{counts['text']:,}",
   )
   stage = factory.stage(cfg)
+  if is_writer and isinstance(stage, latent.AutoencoderStage):
+    # Sampling decodes with this copy, whatever happens to the original.
+    stage.export(os.path.join(workdir, latent.AUTOENCODER_COPY))
   dataset = input_pipeline.make_dataset(
     cfg, tokenizer, stage, jax.process_index(), jax.process_count()
   )

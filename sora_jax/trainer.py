@@ -47,7 +47,9 @@ class Trainer:
     self.state_shardings = {
       "step": replicated,
       "params": self.model.param_shardings,
-      "opt_state": _follow(abstract["opt_state"], self.model.param_shardings, replicated),
+      "opt_state": sharding.like_params(
+        abstract["opt_state"], self.model.param_shardings, replicated
+      ),
       "nonfinite_step": replicated,
     }
     self.abstract_state = jax.tree.map(
@@ -148,20 +150,3 @@ class Trainer:
   def step_flops(self, local_batch) -> float:
     """Useful training FLOPs of this process's rows (see sora_jax.flops)."""
     return flops.step_flops(local_batch, self.counts, self.dit_cfg)
-
-
-def _follow(opt_state, param_shardings, replicated):
-  """Optimizer moments shard like their parameters (matched by path suffix); the rest replicate."""
-  by_path = {
-    tuple(map(str, p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
-  }
-
-  def one(path, leaf):
-    keys = tuple(map(str, path))
-    if leaf.shape:
-      for n in range(len(keys)):
-        if keys[n:] in by_path:
-          return by_path[keys[n:]]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(one, opt_state)
