@@ -48,7 +48,11 @@ def cached_latents(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
 def geometry(
   cfg: ml_collections.ConfigDict, stage_: latent.LatentStage | None = None
 ) -> sizing.Geometry:
-  return latent.geometry(stage_ or stage(cfg), cfg.model.patch)
+  """Token geometry; without a stage, read from the latent stage's config (no weights loaded)."""
+  if stage_ is not None:
+    return latent.geometry(stage_, cfg.model.patch)
+  compression, channels = latent.stage_shape(cfg.latent)
+  return sizing.Geometry(tuple(int(p) for p in cfg.model.patch), compression, channels)
 
 
 def options(cfg: ml_collections.ConfigDict) -> pipeline.Options:
@@ -64,10 +68,12 @@ def flow_config(cfg: ml_collections.ConfigDict) -> flow.FlowConfig:
   return flow.FlowConfig.from_config(cfg.flow)
 
 
-def dit_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> dit.DiTConfig:
+def dit_config(
+  cfg: ml_collections.ConfigDict, vocab_size: int, geom: sizing.Geometry | None = None
+) -> dit.DiTConfig:
   model = cfg.model.to_dict()
   model.pop("patch")
-  return dit.DiTConfig.from_config(model, geometry(cfg).patch_dim, vocab_size)
+  return dit.DiTConfig.from_config(model, (geom or geometry(cfg)).patch_dim, vocab_size)
 
 
 class Model:

@@ -18,6 +18,7 @@ writes), so the diffusion transformer sees roughly unit-variance inputs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -150,6 +151,23 @@ class AutoencoderStage:
     shards.atomic_write_json(os.path.join(tmp, "latent_stats.json"), self.stats)
     shards.atomic_write_json(os.path.join(tmp, "config.json"), self.config)
     os.replace(tmp, directory)
+
+
+def stage_shape(
+  latent_cfg: Mapping[str, Any], directory: str | None = None
+) -> tuple[tuple[int, int, int], int]:
+  """(compression, channels) of the stage a config names, from the autoencoder's config.json."""
+  if latent_cfg.get("kind", "pixel") != "autoencoder":
+    return PixelStage.compression, PixelStage.channels
+  from sora_jax import autoencoder_trainer, config_lib
+
+  directory = directory or latent_cfg.get("autoencoder", "")
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no autoencoder config (latent.autoencoder={directory!r})")
+  with open(path) as f:
+    ae = autoencoder_trainer.model_config(config_lib.from_json(json.load(f)))
+  return (ae.temporal_factor, ae.spatial_factor, ae.spatial_factor), ae.latent_channels
 
 
 def make_stage(latent_cfg: Mapping[str, Any], directory: str | None = None) -> LatentStage:

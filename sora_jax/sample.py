@@ -137,7 +137,7 @@ def generate(
     sampling.check_request(r, geom, opts)
   mesh = sharding.make_mesh({"fsdp": -1})
   rules = tuple(cfg.sharding.rules)
-  model = factory.Model(factory.dit_config(cfg, tokenizer.vocab_size), mesh, rules)
+  model = factory.Model(factory.dit_config(cfg, tokenizer.vocab_size, geom), mesh, rules)
   params = checkpointing.restore_ema(workdir, step, model.abstract_params)
   rows = sampling.pack_requests(requests, geom, tokenizer, opts)
   logging.info(

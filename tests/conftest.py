@@ -19,13 +19,15 @@ _COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 _SIZES = [(1, 24, 40), (5, 17, 31), (9, 32, 32), (3, 48, 24), (12, 20, 36), (1, 16, 16)]
 
 
-def write_tiny_dataset(data_dir: str, num_examples: int = 24, seed: int = 0) -> str:
+def write_tiny_dataset(
+  data_dir: str, num_examples: int = 24, seed: int = 0, sizes=tuple(_SIZES)
+) -> str:
   """A small dataset of odd-sized clips with one coloured square each, plus a tokenizer."""
   rng = np.random.default_rng(seed)
   names = list(_COLORS)
   examples = []
   for i in range(num_examples):
-    t, h, w = _SIZES[i % len(_SIZES)]
+    t, h, w = sizes[i % len(sizes)]
     color = names[i % len(names)]
     frames = np.zeros((t, h, w, 3), np.uint8)
     y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)

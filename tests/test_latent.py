@@ -1,0 +1,322 @@
+"""The latent path: the autoencoder's training binary, clip batches, latent caching, the
+autoencoder latent stage in diffusion training (cached or on the fly) and sampling."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import write_tiny_dataset
+
+from data_pipelines import cache_latents, clips, media, pipeline, schema, shards, tokenizer
+from experiments import autoencoder_tiny, dit_tiny
+from sora_jax import (
+  autoencoder_trainer,
+  config_lib,
+  factory,
+  image_metrics,
+  input_pipeline,
+  latent,
+  metrics,
+  sample,
+  sampling,
+  train,
+  train_autoencoder,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Clips no longer than the diffusion window (9 frames): cached and on-the-fly batches agree.
+SIZES = ((1, 24, 40), (5, 17, 31), (9, 32, 32), (1, 16, 16), (9, 20, 36))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return write_tiny_dataset(str(tmp_path_factory.mktemp("latent_data")), sizes=SIZES)
+
+
+@pytest.fixture(scope="module")
+def ae_workdir(tmp_path_factory, data_dir):
+  """A tiny autoencoder trained 20 steps, adversarial from step 11."""
+  cfg = autoencoder_tiny.get_config()
+  cfg.data.data_dir = data_dir
+  cfg.loss.update(adv=0.1, adv_start=11)
+  workdir = str(tmp_path_factory.mktemp("ae"))
+  train_autoencoder.train(cfg, workdir)
+  return workdir
+
+
+def dit_config(data_dir, ae_workdir, **data):
+  cfg = dit_tiny.get_config()
+  cfg.data.update(
+    {
+      "data_dir": data_dir,
+      "max_frames": 9,
+      "frame_stride": 1,
+      "max_tokens_per_example": 48,
+      "min_frame_tokens": 4,
+      "seq_len": 128,
+      "caption_dropout": 0.3,
+      **data,
+    }
+  )
+  cfg.latent.update(kind="autoencoder", autoencoder=ae_workdir)
+  cfg.model.patch = (1, 1, 1)
+  cfg.train.update(num_steps=2, global_batch_size=8, log_every=1, checkpoint_every=2)
+  cfg.train.async_checkpointing = False
+  return cfg
+
+
+# ------------------------------------------------------------------------------
+# The autoencoder's training binary.
+# ------------------------------------------------------------------------------
+
+
+def test_autoencoder_training_lowers_the_loss_and_writes_what_researchers_read(ae_workdir):
+  logged = metrics.read_jsonl(os.path.join(ae_workdir, "tensorboard"))
+  by_step = {r["step"]: r for r in logged}
+  assert by_step[20]["l1"] < 0.6 * by_step[5]["l1"]
+  assert by_step[20]["psnr"] > by_step[5]["psnr"] + 3.0
+  for step in (10, 20):
+    assert 0.0 < by_step[step]["eval_ssim"] <= 1.0 and by_step[step]["eval_psnr"] > 10.0
+  # The discriminator trains from adv_start on, and not before.
+  assert by_step[10]["disc_loss"] == 0.0 and by_step[20]["disc_loss"] > 0.0
+  assert by_step[20]["gen_loss"] != 0.0
+  assert os.path.exists(os.path.join(ae_workdir, "reconstructions", "step_0000020.png"))
+  stats = autoencoder_trainer.read_stats(os.path.join(ae_workdir, autoencoder_trainer.STATS_FILE))
+  assert len(stats["shift"]) == len(stats["scale"]) == 4
+  assert all(s > 0 for s in stats["scale"])
+
+
+def test_autoencoder_training_resumes_from_its_checkpoint(ae_workdir, data_dir, tmp_path):
+  workdir = str(tmp_path / "ae")
+  shutil.copytree(ae_workdir, workdir)
+  cfg = autoencoder_tiny.get_config()
+  cfg.data.data_dir = data_dir
+  cfg.loss.update(adv=0.1, adv_start=11)
+  cfg.train.num_steps = 25
+  train_autoencoder.train(cfg, workdir)
+  steps = [r["step"] for r in metrics.read_jsonl(os.path.join(workdir, "tensorboard"))]
+  assert steps[-1] == 25 and steps.count(25) == 1 and steps.count(20) == 1
+
+
+def test_bad_autoencoder_configs_fail_with_one_line(data_dir, tmp_path):
+  cmd = [
+    sys.executable,
+    "-m",
+    "sora_jax.train_autoencoder",
+    "--config=experiments/autoencoder_tiny.py",
+    f"--workdir={tmp_path}",
+    f"--config.data.data_dir={data_dir}",
+  ]
+  for override, want in [
+    ("--config.data.buckets=((4, 16, 16),)", "1 + a multiple of 4"),
+    ("--config.model.latent_channels=0", "latent_channels"),
+    ("--config.train.global_batch_size=3", "global_batch_size"),
+  ]:
+    r = subprocess.run(cmd + [override], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert want in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
+
+
+# ------------------------------------------------------------------------------
+# Clip batches and image metrics.
+# ------------------------------------------------------------------------------
+
+
+def test_clip_batches_are_the_same_for_any_process_count_and_resume(data_dir):
+  source, _ = pipeline.open_source("array_record", data_dir, "train")
+  opts = clips.ClipOptions(buckets=((1, 16, 16), (5, 16, 24), (9, 24, 16)))
+  one = clips.ClipBatches(source, opts, global_batch_size=4, seed=3)
+  halves = [
+    clips.ClipBatches(source, opts, global_batch_size=4, seed=3, process_index=p, process_count=2)
+    for p in range(2)
+  ]
+  shapes = set()
+  for i in range(12):
+    whole = one[i]["video"]
+    shapes.add(whole.shape)
+    np.testing.assert_array_equal(whole, np.concatenate([h[i]["video"] for h in halves]))
+    assert whole.min() >= -1.0 and whole.max() <= 1.0
+  assert shapes == {(4, 1, 16, 16, 3), (4, 5, 16, 24, 3), (4, 9, 24, 16, 3)}
+
+  stream = clips.Stream(clips.make_dataset(source, opts, global_batch_size=4, seed=3))
+  for _ in range(3):
+    next(stream)
+  state = stream.get_state()
+  fresh = clips.Stream(clips.make_dataset(source, opts, global_batch_size=4, seed=3))
+  fresh.set_state(state)
+  np.testing.assert_array_equal(next(fresh)["video"], one[3]["video"])
+
+
+def test_psnr_and_ssim_match_scikit_image():
+  skm = pytest.importorskip("skimage.metrics")
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (1, 2, 24, 40, 3)).astype(np.float32)
+  y = np.clip(x + rng.normal(0, 0.1, x.shape), -1, 1).astype(np.float32)
+  xs, ys = (x[0] + 1) / 2, (y[0] + 1) / 2
+  want_ssim = np.mean(
+    [
+      skm.structural_similarity(
+        xs[t],
+        ys[t],
+        channel_axis=-1,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+      )
+      for t in range(2)
+    ]
+  )
+  np.testing.assert_allclose(image_metrics.ssim(x, y)[0], want_ssim, atol=1e-4)
+  np.testing.assert_allclose(
+    image_metrics.psnr(x, y)[0], skm.peak_signal_noise_ratio(xs, ys, data_range=1.0), atol=1e-3
+  )
+
+
+# ------------------------------------------------------------------------------
+# Latent caching and the diffusion pipeline.
+# ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory, data_dir, ae_workdir):
+  out = str(tmp_path_factory.mktemp("cache"))
+  cfg = dit_config(data_dir, ae_workdir)
+  cache_latents.run(ae_workdir, data_dir, out, cfg, progress=False)
+  return out
+
+
+def test_cache_writes_latent_records_statistics_and_resumes(cache_dir, data_dir, ae_workdir):
+  manifest = shards.read_manifest(cache_dir)
+  assert manifest["latent"]["channels"] == 4
+  assert manifest["splits"]["train"]["num_examples"] == 24
+  ex = next(shards.read_shard(os.path.join(cache_dir, manifest["splits"]["train"]["shards"][0])))
+  assert ex.media_format == schema.LATENT_FORMAT and ex.captions
+  mean, logvar = media.decode_latent(ex)
+  assert mean.shape == logvar.shape == (*ex.latent_shape[:3], 4)
+  stats = autoencoder_trainer.read_stats(os.path.join(cache_dir, "latent_stats.json"))
+  assert len(stats["scale"]) == 4 and stats["count"] > 0
+  # A rerun finds every shard done and encodes nothing; a lost shard is redone.
+  shard0 = os.path.join(cache_dir, manifest["splits"]["train"]["shards"][0])
+  before = pathlib.Path(shard0).read_bytes()
+  os.remove(os.path.join(cache_dir, manifest["splits"]["train"]["shards"][1]))
+  cfg = dit_config(data_dir, ae_workdir)
+  again = cache_latents.run(ae_workdir, data_dir, cache_dir, cfg, progress=False)
+  assert again["splits"] == manifest["splits"]
+  assert pathlib.Path(shard0).read_bytes() == before
+  assert autoencoder_trainer.read_stats(os.path.join(cache_dir, "latent_stats.json")) == stats
+
+
+def test_cached_latents_and_on_the_fly_encoding_give_the_same_batches(
+  cache_dir, data_dir, ae_workdir
+):
+  stats_file = os.path.join(cache_dir, "latent_stats.json")
+  batches = []
+  for d in (data_dir, cache_dir):
+    cfg = dit_config(d, ae_workdir)
+    cfg.latent.stats_file = stats_file
+    tok = tokenizer.load(d)
+    stage = factory.stage(cfg)
+    it = iter(input_pipeline.make_dataset(cfg, tok, stage, 0, 1))
+    batches.append([next(it) for _ in range(2)])
+  for a, b in zip(*batches, strict=True):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], atol=1e-5, err_msg=k)
+  assert (batches[0][0]["segment_ids"] > 0).mean() > 0.5
+
+
+def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
+  cache_dir, ae_workdir, tmp_path
+):
+  cfg = dit_config(cache_dir, ae_workdir)
+  workdir = str(tmp_path / "run")
+  train.train(cfg, workdir)
+  assert os.path.isdir(os.path.join(workdir, latent.AUTOENCODER_COPY))
+  # The original autoencoder may move on or vanish; sampling uses the copy.
+  moved = ae_workdir + ".moved"
+  os.rename(ae_workdir, moved)
+  try:
+    requests = [
+      sampling.Request("a red square", num_frames=9, height=16, width=24, seed=0),
+      sampling.Request("a blue square", num_frames=1, height=24, width=16, seed=1),
+    ]
+    videos, _, _ = sample.generate(workdir, requests, steps=2, progress=False)
+  finally:
+    os.rename(moved, ae_workdir)
+  assert [v.shape for v in videos] == [(9, 16, 24, 3), (1, 24, 16, 3)]
+  assert all(v.dtype == np.uint8 for v in videos)
+  # A frame count the 4x temporal compression cannot make is refused.
+  with pytest.raises(sampling.RequestError, match="1 \\+ a multiple"):
+    sample.generate(
+      workdir, [sampling.Request("x", num_frames=8, height=16, width=16)], steps=1, progress=False
+    )
+
+
+def test_configs_that_do_not_match_the_cache_are_refused(cache_dir, ae_workdir):
+  cfg = dit_config(cache_dir, ae_workdir)
+  cfg.latent.kind = "pixel"
+  with pytest.raises(config_lib.ConfigError, match="cached latents"):
+    config_lib.validate(cfg)
+  cfg = dit_config(cache_dir, ae_workdir, max_frames=5)
+  with pytest.raises(config_lib.ConfigError, match="max_frames"):
+    config_lib.validate(cfg)
+  cfg = dit_config(cache_dir, "/nonexistent/ae")
+  with pytest.raises(config_lib.ConfigError, match="no checkpoints"):
+    config_lib.validate(cfg)
+
+
+def test_cache_latents_bad_inputs_give_one_line(data_dir, tmp_path):
+  base = [sys.executable, "-m", "data_pipelines.cache_latents", f"--output_dir={tmp_path}/c"]
+  for args, want in [
+    ([f"--data_dir={data_dir}"], "--autoencoder_workdir is required"),
+    ([f"--data_dir={data_dir}", f"--autoencoder_workdir={tmp_path}"], "no checkpoints"),
+    ([f"--data_dir={tmp_path}/none", f"--autoencoder_workdir={tmp_path}"], "manifest"),
+  ]:
+    r = subprocess.run(base + args, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert want in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
+
+
+def test_latent_records_round_trip_and_validate():
+  mean = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+  data, shape = media.encode_latent(mean, -mean)
+  ex = schema.Example(
+    media=data,
+    media_format=schema.LATENT_FORMAT,
+    fps=2.0,
+    num_frames=5,
+    height=24,
+    width=32,
+    captions=("c",),
+    source_id="s",
+    latent_shape=shape,
+  )
+  back = schema.deserialize(schema.serialize(ex))
+  m, lv = media.decode_latent(back)
+  np.testing.assert_array_equal(m, mean)
+  np.testing.assert_array_equal(lv, -mean)
+  with pytest.raises(media.MediaError, match="no pixels"):
+    media.decode(back)
+  with pytest.raises(schema.SchemaError, match="latent_shape"):
+    schema.Example(**{**ex.__dict__, "latent_shape": ()}).validate()
+
+
+def test_latent_stats_merge_equals_one_pass():
+  rng = np.random.default_rng(0)
+  z = rng.normal(2.0, 3.0, (1000, 4))
+  whole = autoencoder_trainer.LatentStats(4)
+  whole.add(z)
+  parts = autoencoder_trainer.LatentStats(4)
+  for chunk in np.array_split(z, 7):
+    p = autoencoder_trainer.LatentStats(4)
+    p.add(chunk)
+    parts.merge(p.n, p.mean, p.m2)
+  np.testing.assert_allclose(parts.to_json()["shift"], z.mean(0), rtol=1e-9)
+  np.testing.assert_allclose(parts.to_json()["scale"], 1 / z.std(0), rtol=1e-9)
