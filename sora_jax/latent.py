@@ -102,11 +102,19 @@ class AutoencoderStage:
         f"{self.channels}"
       )
 
+    self.graphdef = graphdef
+
     def merge(params):
       return nnx.merge(graphdef, params)
 
     self._encode = jax.jit(lambda p, v: merge(p).encode(v[None]))
     self._decode = jax.jit(lambda p, z: merge(p).decode(z[None])[0])
+
+  def module(self):
+    """The autoencoder as an nnx module holding the restored weights (for chunked or tiled use)."""
+    from flax import nnx
+
+    return nnx.merge(self.graphdef, self.params)
 
   def moments(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unnormalized posterior (mean, logvar) `[t, h, w, C]` of a video `[T, H, W, 3]`."""

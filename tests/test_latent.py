@@ -320,3 +320,21 @@ def test_latent_stats_merge_equals_one_pass():
     parts.merge(p.n, p.mean, p.m2)
   np.testing.assert_allclose(parts.to_json()["shift"], z.mean(0), rtol=1e-9)
   np.testing.assert_allclose(parts.to_json()["scale"], 1 / z.std(0), rtol=1e-9)
+
+
+def test_autoencoder_benchmark_reports_quality_and_speed(ae_workdir, data_dir, tmp_path):
+  from sora_jax import benchmark_autoencoder
+
+  out = str(tmp_path / "bench")
+  r = benchmark_autoencoder.run(
+    ae_workdir, data_dir, split="train", num_clips=6, max_frames=5, photo_size=16, output=out
+  )
+  d = r["dataset"]
+  assert d["psnr"]["n"] == 6 and d["image_psnr"]["n"] + d["video_psnr"]["n"] == 6
+  assert 5.0 < d["psnr"]["mean"] < 100.0 and 0.0 < d["ssim"]["mean"] <= 1.0
+  if "psnr" in r["photos"]:  # scikit-image installed (it is in the test extra).
+    assert r["photos"]["clips"] == 12 and r["photos"]["psnr"]["n"] == 12
+  s = r["speed"]
+  assert s["clip"] == [5, 16, 16] and min(v for k, v in s.items() if k.endswith("_per_s")) > 0
+  assert os.path.exists(os.path.join(out, "reconstructions.png"))
+  assert os.path.exists(os.path.join(out, "autoencoder_benchmark.json"))
