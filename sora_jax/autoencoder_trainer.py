@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from data_pipelines import clips
-from sora_jax import factory, flops, image_metrics, optim, sharding
+from sora_jax import factory, flops, guard, image_metrics, optim, sharding
 from sora_jax.models import autoencoder, discriminator
 
 SECTIONS = ("data", "model", "loss", "optim", "train", "mesh", "sharding")
@@ -219,17 +219,7 @@ class AutoencoderTrainer:
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    def keep(new, old):
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-    new_state = {
-      "step": step,
-      "params": keep(params, state["params"]),
-      "opt_state": keep(opt_state, state["opt_state"]),
-      "nonfinite_step": jnp.where(
-        (state["nonfinite_step"] < 0) & ~finite, step, state["nonfinite_step"]
-      ),
-    }
+    new_state = guard.guarded(state, step, finite, params=params, opt_state=opt_state)
     recon = jax.lax.stop_gradient(aux.pop("recon"))
     metrics = {
       "loss": loss,
@@ -250,10 +240,10 @@ class AutoencoderTrainer:
         d_loss, d_grads = jax.value_and_grad(d_loss_of)(disc_params)
         d_updates, disc_opt = self.disc_tx.update(d_grads, disc_opt, disc_params)
         disc_params = optax.apply_updates(disc_params, d_updates)
-      new_state["disc_params"] = keep(disc_params, state["disc_params"])
-      new_state["disc_opt_state"] = keep(disc_opt, state["disc_opt_state"])
+      new_state["disc_params"] = guard.keep_if(finite, disc_params, state["disc_params"])
+      new_state["disc_opt_state"] = guard.keep_if(finite, disc_opt, state["disc_opt_state"])
       metrics["disc_loss"] = d_loss
-    new_ema = keep(optim.ema_update(ema, params, step, self.ema_decay), ema)
+    new_ema = guard.keep_if(finite, optim.ema_update(ema, params, step, self.ema_decay), ema)
     return new_state, new_ema, metrics
 
   def step(self, state, ema, video):

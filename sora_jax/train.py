@@ -30,6 +30,7 @@ from sora_jax import (
   distributed,
   factory,
   flops,
+  guard,
   input_pipeline,
   latent,
   metrics,
@@ -46,10 +47,6 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
   distributed.define_flags()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on; the message says why and what is intact."""
 
 
 def load_tokenizer(cfg) -> tokenizer_lib.Tokenizer:
@@ -145,17 +142,6 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   row_tokens = cfg.train.global_batch_size * cfg.data.seq_len
   config_json = config_lib.to_json(cfg)
 
-  def check_finite(step: int) -> None:
-    bad = int(jax.device_get(state["nonfinite_step"]))
-    if bad >= 0:
-      mngr.wait_until_finished()
-      last = mngr.latest_step()
-      raise TrainingError(
-        f"non-finite loss or gradient at step {bad}; stopped at step {step} without saving. "
-        f"The last good checkpoint ({'step ' + str(last) if last is not None else 'none'}) "
-        "is intact; lower config.optim.lr or raise config.optim.warmup_steps."
-      )
-
   meter = Meter(row_tokens, peak * jax.device_count())
   last: dict[str, float] = {}
   # Every process traces the same window into its own directory.
@@ -171,13 +157,13 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
     if step % cfg.train.log_every == 0 or step == num_steps:
-      check_finite(step)
+      guard.check_finite(state, mngr, step)
       last = meter.flush()
       writer.scalars(step, last)
       writer.flush()
     preempted = preemption.reached(step)
     if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:
-      check_finite(step)
+      guard.check_finite(state, mngr, step)
       checkpointing.save(mngr, step, state, ema, data_iter, config_json)
     if preempted:
       logging.warning("preempted: saved step %d; exiting", step)
@@ -238,7 +224,7 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   try:
     last = train(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, shards.DatasetError, FileNotFoundError, TrainingError) as e:
+  except (config_lib.ConfigError, shards.DatasetError, FileNotFoundError, guard.TrainingError) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **{k: round(v, 6) for k, v in last.items()}}))

@@ -29,7 +29,15 @@ from ml_collections import config_flags
 
 from data_pipelines import clips, media, pipeline, shards
 from sora_jax import autoencoder_trainer as aet
-from sora_jax import checkpointing, config_lib, distributed, input_pipeline, metrics, sharding
+from sora_jax import (
+  checkpointing,
+  config_lib,
+  distributed,
+  guard,
+  input_pipeline,
+  metrics,
+  sharding,
+)
 from sora_jax.latent import to_uint8
 from sora_jax.preemption import Preemption
 
@@ -40,10 +48,6 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Autoencoder config file.", lock_config=True)
   distributed.define_flags()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on; the message says why and what is intact."""
 
 
 def clip_batches(cfg, split: str, seed: int, *, stream: bool = False):
@@ -135,17 +139,6 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
 
   config_json = config_lib.to_json(cfg)
 
-  def check_finite(step: int) -> None:
-    bad = int(jax.device_get(state["nonfinite_step"]))
-    if bad >= 0:
-      mngr.wait_until_finished()
-      last = mngr.latest_step()
-      raise TrainingError(
-        f"non-finite loss or gradient at step {bad}; stopped at step {step} without saving. "
-        f"The last good checkpoint ({'step ' + str(last) if last is not None else 'none'}) "
-        "is intact; lower config.optim.lr or raise config.optim.warmup_steps."
-      )
-
   def evaluate(step: int) -> dict[str, float]:
     psnr, ssim = [], []
     for i in range(cfg.train.eval_batches):
@@ -175,7 +168,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
     else:
       frames += int(np.prod(video.shape[:2]))
     if step % cfg.train.log_every == 0 or step == num_steps:
-      check_finite(step)
+      guard.check_finite(state, mngr, step)
       host = jax.device_get(logged)
       last = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
       dt = time.perf_counter() - t0
@@ -187,7 +180,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       writer.flush()
     preempted = preemption.reached(step)
     if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:
-      check_finite(step)
+      guard.check_finite(state, mngr, step)
       checkpointing.save(mngr, step, state, ema, data_iter, config_json)
     if preempted:
       logging.warning("preempted: saved step %d; exiting", step)
@@ -230,7 +223,13 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   try:
     last = train(FLAGS.config, FLAGS.workdir)
-  except (aet.ConfigError, shards.DatasetError, FileNotFoundError, TrainingError, ValueError) as e:
+  except (
+    aet.ConfigError,
+    shards.DatasetError,
+    FileNotFoundError,
+    guard.TrainingError,
+    ValueError,
+  ) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **{k: round(v, 6) for k, v in last.items()}}))

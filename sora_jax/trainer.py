@@ -22,7 +22,7 @@ import ml_collections
 import optax
 
 from data_pipelines import pipeline
-from sora_jax import factory, flops, flow, optim, sharding
+from sora_jax import factory, flops, flow, guard, optim, sharding
 
 
 class Trainer:
@@ -104,18 +104,8 @@ class Trainer:
     params = optax.apply_updates(state["params"], updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    def keep(new, old):
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-    new_state = {
-      "step": step,
-      "params": keep(params, state["params"]),
-      "opt_state": keep(opt_state, state["opt_state"]),
-      "nonfinite_step": jnp.where(
-        (state["nonfinite_step"] < 0) & ~finite, step, state["nonfinite_step"]
-      ),
-    }
-    new_ema = keep(optim.ema_update(ema, params, step, self.ema_decay), ema)
+    new_state = guard.guarded(state, step, finite, params=params, opt_state=opt_state)
+    new_ema = guard.keep_if(finite, optim.ema_update(ema, params, step, self.ema_decay), ema)
     metrics = {
       "loss": loss,
       "grad_norm": grad_norm,
