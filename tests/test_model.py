@@ -121,6 +121,29 @@ def test_pooled_text_is_the_mean_of_the_visible_caption_tokens():
   np.testing.assert_allclose(pooled[0, :, 0], [1.5, 4.5, 0.0, 0.0])
 
 
+def test_fractional_positions_are_relative_to_each_packed_example():
+  def grid(t, h, w):
+    return np.stack(
+      np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"), -1
+    ).reshape(-1, 3)
+
+  a, b = grid(3, 2, 4), grid(5, 4, 2)  # Two clips of other sizes, packed, then padding.
+  coords = np.concatenate([a, b, np.zeros((3, 3), int)])[None]
+  seg = np.concatenate([np.full(len(a), 1), np.full(len(b), 2), np.zeros(3, int)])[None]
+  f = np.asarray(dit.fractional_features(jnp.asarray(coords), jnp.asarray(seg), 2))
+  assert f.shape == (1, len(a) + len(b) + 3, 12)
+  # First and last tokens of each example: the same corner features, whatever the size.
+  first_a, last_a, first_b, last_b = 0, len(a) - 1, len(a), len(a) + len(b) - 1
+  np.testing.assert_allclose(f[0, first_a], f[0, first_b], atol=1e-6)
+  np.testing.assert_allclose(f[0, last_a], f[0, last_b], atol=1e-6)
+  assert np.abs(f[0, first_a] - f[0, last_a]).max() > 1.0
+  # A single frame sits at time fraction 0 (cos = 1).
+  one = np.asarray(
+    dit.fractional_features(jnp.asarray(grid(1, 2, 2))[None], jnp.ones((1, 4), jnp.int32), 1)
+  )
+  np.testing.assert_allclose(one[0, :, 1], 1.0)
+
+
 def _stacked_to_list(pure):
   """Unstacks scanned `blocks` params into the unrolled layout."""
   out = dict(pure)

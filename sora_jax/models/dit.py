@@ -55,6 +55,7 @@ class DiTConfig:
   remat: str = "none"
   scan_layers: bool = True
   pooled_text: bool = True  # Add each token's mean caption embedding to its timestep embedding.
+  fractional_pos: int = 4  # Frequencies per axis of the fractional position features (0: none).
   text: TextConfig | None = None
 
   @classmethod
@@ -142,6 +143,8 @@ class DiT(nnx.Module):
     )
     self.context_proj = layers.Dense(cfg.text.width, w, ("embed", "mlp"), **kw)
     self.patch_embed = layers.Dense(cfg.patch_dim, w, ("patch", "embed"), **kw)
+    if cfg.fractional_pos:
+      self.pos_embed = layers.Dense(6 * cfg.fractional_pos, w, (None, "embed"), **kw)
     self.t_embed = layers.TimestepEmbedding(w, **kw)
     if cfg.pooled_text:
       self.pooled_proj = layers.Dense(cfg.text.width, w, ("embed", "mlp"), **kw)
@@ -165,7 +168,10 @@ class DiT(nnx.Module):
     text = self.text_encoder(text_ids, text_segment_ids)
     context = self.context_proj(text)
     context = sharding.constrain(context, ("batch", "text_length", "act_embed"))
-    x = sharding.constrain(self.patch_embed(tokens), ("batch", "length", "act_embed"))
+    x = self.patch_embed(tokens)
+    if cfg.fractional_pos:
+      x = x + self.pos_embed(fractional_features(coords, segment_ids, cfg.fractional_pos))
+    x = sharding.constrain(x, ("batch", "length", "act_embed"))
     cross_mask = None
     if text_frames is not None:  # Caption token j is visible to frames in its window.
       frame = coords[:, :, None, 0]
@@ -184,6 +190,30 @@ class DiT(nnx.Module):
     shift, scale = jnp.moveaxis(self.final_modulation(temb), -2, 0)
     out = self.final(layers.layer_norm(x) * (1 + scale) + shift)
     return out.astype(jnp.float32)
+
+
+def fractional_features(coords: jax.Array, segment_ids: jax.Array, num_freqs: int) -> jax.Array:
+  """Where each token lies within its own example, as fractions: `[B, L, 6 * num_freqs]`.
+
+  Each (t, h, w) coordinate is divided by its example's largest coordinate on
+  that axis (0 for a single frame), giving f in [0, 1], and expanded to
+  sin(pi k f), cos(pi k f) for k = 1..num_freqs. Rotary embeddings only say how
+  far apart two tokens are; these say "first frame", "left edge" at any
+  resolution and duration (NaViT's fractional positions, with fixed features in
+  place of a learned table), which the model needs to lay out a scene from
+  the caption alone at high noise (e.g. an object moving left starts on the
+  right and ends on the left).
+  """
+
+  def row_extent(c, s):  # [L, 3], [L] -> each token's segment maximum per axis.
+    return jax.ops.segment_max(c, s, num_segments=c.shape[0])[s]
+
+  extent = jax.vmap(row_extent)(coords, segment_ids)
+  frac = coords.astype(jnp.float32) / jnp.maximum(extent, 1).astype(jnp.float32)
+  k = jnp.arange(1, num_freqs + 1, dtype=jnp.float32)
+  angles = jnp.pi * frac[..., None] * k  # [B, L, 3, F]
+  feats = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return feats.reshape(*coords.shape[:2], 6 * num_freqs)
 
 
 def pool_text(
