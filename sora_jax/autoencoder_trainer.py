@@ -159,8 +159,9 @@ class AutoencoderTrainer:
       )
       for adv in ((False, True) if self.use_adv else (False,))
     }
-    self._eval = jax.jit(self._eval_step)
-    self._moments = jax.jit(self._encode)
+    # Evaluation outputs are small and read on the host: replicate them (multi-host safe).
+    self._eval = jax.jit(self._eval_step, out_shardings=replicated)
+    self._moments = jax.jit(self._encode, out_shardings=replicated)
 
   def _abstract_params(self):
     out = [self.model.abstract_params]
@@ -270,9 +271,10 @@ class AutoencoderTrainer:
   def _encode(self, params, video):
     return self.model.merge(params).encode(video)
 
-  def encode(self, params, video):
+  def encode(self, params, video) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior (mean, logvar) of a global batch, on the host of every process."""
     with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
-      return self._moments(params, video)
+      return jax.device_get(self._moments(params, video))
 
 
 class LatentStats:

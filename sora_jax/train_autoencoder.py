@@ -24,7 +24,6 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from data_pipelines import clips, media, pipeline, shards
@@ -142,12 +141,12 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   def evaluate(step: int) -> dict[str, float]:
     psnr, ssim = [], []
     for i in range(cfg.train.eval_batches):
-      video = to_device(eval_batches[i])
-      recon, p, s = trainer.evaluate(ema, video)
+      local = eval_batches[i]
+      recon, p, s = trainer.evaluate(ema, to_device(local))
       psnr.append(p)
       ssim.append(s)
-      if i == 0 and is_writer:
-        grid = side_by_side(np.asarray(jax.device_get(video)), recon)
+      if i == 0 and is_writer:  # Process 0's rows lead the global batch.
+        grid = side_by_side(local["video"], recon)
         writer.image(step, "eval/reconstruction", grid)
         media.write_png(os.path.join(workdir, "reconstructions", f"step_{step:07d}.png"), grid)
     return {"eval_psnr": float(np.mean(psnr)), "eval_ssim": float(np.mean(ssim))}
@@ -203,14 +202,8 @@ def latent_statistics(trainer, params, cfg, to_device) -> dict:
   ds = clip_batches(cfg, cfg.data.split, cfg.seed + 2)
   stats = aet.LatentStats(trainer.ae_cfg.latent_channels)
   for i in range(cfg.train.stats_batches):
-    mean, logvar = trainer.encode(params, to_device(ds[i]))
-    # Every process sees the global arrays; fully replicated values are read once.
-    stats.add_moments(*jax.device_get(_replicated((mean, logvar))))
+    stats.add_moments(*trainer.encode(params, to_device(ds[i])))
   return stats.to_json()
-
-
-def _replicated(tree):
-  return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -338,3 +338,43 @@ def test_autoencoder_benchmark_reports_quality_and_speed(ae_workdir, data_dir, t
   assert s["clip"] == [5, 16, 16] and min(v for k, v in s.items() if k.endswith("_per_s")) > 0
   assert os.path.exists(os.path.join(out, "reconstructions.png"))
   assert os.path.exists(os.path.join(out, "autoencoder_benchmark.json"))
+
+
+def test_autoencoder_trains_on_two_processes_like_on_one(data_dir, tmp_path):
+  """2 processes x 2 devices read their halves of the same global batches as 1 x 4."""
+
+  def cmd(workdir):
+    return [
+      sys.executable,
+      "-m",
+      "sora_jax.train_autoencoder",
+      "--config=experiments/autoencoder_tiny.py",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={data_dir}",
+      "--config.train.num_steps=6",
+      "--config.train.log_every=2",
+      "--config.train.eval_every=6",
+      "--config.train.checkpoint_every=6",
+    ]
+
+  one, pod = str(tmp_path / "one"), str(tmp_path / "pod")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  r = subprocess.run(cmd(one), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  env = dict(os.environ, DEVICES_PER_PROCESS="2")
+  r = subprocess.run(
+    ["bash", "launch/local.sh", "2", *cmd(pod)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  a = metrics.read_jsonl(os.path.join(one, "tensorboard"))
+  b = metrics.read_jsonl(os.path.join(pod, "tensorboard"))
+  assert [x["step"] for x in a] == [x["step"] for x in b] == [2, 4, 6]
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_allclose(x["l1"], y["l1"], rtol=1e-4)
+  np.testing.assert_allclose(a[-1]["eval_psnr"], b[-1]["eval_psnr"], rtol=1e-4)
+  assert os.path.exists(os.path.join(pod, "latent_stats.json"))
