@@ -21,9 +21,9 @@ def get_config(arg=None):
     num_res_blocks=1,
     dtype="float32",  # bfloat16 convolutions are slow on CPUs.
   )
-  c.optim.update(lr=2e-3, warmup_steps=100, ema_decay=0.995)
+  c.optim.update(lr=5e-4, warmup_steps=50, ema_decay=0.99)
   c.train.update(
-    num_steps=1500,
+    num_steps=500,  # ~20 min on 2 cores.
     global_batch_size=8,
     log_every=25,
     eval_every=250,
