@@ -129,9 +129,7 @@ def run(
   if os.path.abspath(output_dir) == os.path.abspath(data_dir):
     raise ValueError("--output_dir must differ from --data_dir")
   # Statistics are estimated here, so the stage must not need them yet.
-  stage = AutoencoderStage(
-    autoencoder_workdir, step, stats_file=_identity_stats(autoencoder_workdir, output_dir)
-  )
+  stage = AutoencoderStage(autoencoder_workdir, step, stats_file=None)
   tokenize = sizer(cfg, stage)
   os.makedirs(os.path.join(output_dir, PARTS), exist_ok=True)
 
@@ -234,18 +232,6 @@ def run(
     output_dir,
   )
   return out
-
-
-def _identity_stats(autoencoder_workdir: str, output_dir: str) -> str:
-  """A statistics file the stage can load before the real ones exist (shift 0, scale 1)."""
-  from sora_jax import autoencoder_trainer, checkpointing, config_lib
-
-  _, config = checkpointing.restore_config(autoencoder_workdir)
-  c = autoencoder_trainer.model_config(config_lib.from_json(config)).latent_channels
-  path = os.path.join(output_dir, PARTS, "identity_stats.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  autoencoder_trainer.write_stats(path, {"shift": [0.0] * c, "scale": [1.0] * c})
-  return path
 
 
 def _read_part(output_dir: str, name: str) -> dict | None:

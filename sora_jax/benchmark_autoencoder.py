@@ -146,7 +146,7 @@ def run(
   step: int | None = None,
   output: str | None = None,
 ) -> dict:
-  stage = AutoencoderStage(workdir, step, stats_file=_unit_stats(workdir, stage_dir=output))
+  stage = AutoencoderStage(workdir, step, stats_file=None)  # Reconstruction needs no statistics.
   tf, sf, _ = stage.compression
   if (max_frames - 1) % tf:
     raise ValueError(f"--max_frames={max_frames}: must be 1 + a multiple of {tf}")
@@ -205,23 +205,6 @@ def run(
     shards.atomic_write_json(os.path.join(output, "autoencoder_benchmark.json"), result)
     media.write_png(os.path.join(output, "reconstructions.png"), contact_sheet.contact_sheet(sheet))
   return result
-
-
-def _unit_stats(workdir: str, stage_dir: str | None) -> str:
-  """Reconstruction does not depend on the latent statistics; any valid file will do."""
-  from sora_jax import autoencoder_trainer
-
-  own = os.path.join(workdir, autoencoder_trainer.STATS_FILE)
-  if os.path.exists(own):
-    return own
-  _, config = checkpointing.restore_config(workdir)
-  from sora_jax import config_lib
-
-  c = autoencoder_trainer.model_config(config_lib.from_json(config)).latent_channels
-  path = os.path.join(stage_dir or workdir, "unit_latent_stats.json")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  autoencoder_trainer.write_stats(path, {"shift": [0.0] * c, "scale": [1.0] * c})
-  return path
 
 
 def main(argv: Sequence[str]) -> None:

@@ -63,7 +63,8 @@ class AutoencoderStage:
   pipeline can sample the posterior, from pixels or from cached moments alike.
   """
 
-  def __init__(self, directory: str, step: int | None = None, stats_file: str = ""):
+  def __init__(self, directory: str, step: int | None = None, stats_file: str | None = ""):
+    """`stats_file`: "" reads DIR/latent_stats.json; None normalizes with shift 0, scale 1."""
     from flax import nnx
 
     from sora_jax import autoencoder_trainer, checkpointing, config_lib
@@ -81,13 +82,22 @@ class AutoencoderStage:
       nnx.to_pure_dict(abstract_params),
     )
     self.params = checkpointing.restore_ema(directory, self.step, target)
-    self.stats_file = stats_file or os.path.join(directory, autoencoder_trainer.STATS_FILE)
-    if not os.path.exists(self.stats_file):
-      raise FileNotFoundError(
-        f"{self.stats_file}: no latent statistics; finish training the autoencoder or run "
-        "data_pipelines.cache_latents, and name its file with latent.stats_file"
+    if stats_file is None:  # Identity normalization: for tools that never use the scale.
+      self.stats_file, self.stats = (
+        None,
+        {
+          "shift": [0.0] * self.ae_cfg.latent_channels,
+          "scale": [1.0] * self.ae_cfg.latent_channels,
+        },
       )
-    self.stats = autoencoder_trainer.read_stats(self.stats_file)
+    else:
+      self.stats_file = stats_file or os.path.join(directory, autoencoder_trainer.STATS_FILE)
+      if not os.path.exists(self.stats_file):
+        raise FileNotFoundError(
+          f"{self.stats_file}: no latent statistics; finish training the autoencoder or run "
+          "data_pipelines.cache_latents, and name its file with latent.stats_file"
+        )
+      self.stats = autoencoder_trainer.read_stats(self.stats_file)
     self.shift = np.asarray(self.stats["shift"], np.float32)
     self.scale = np.asarray(self.stats["scale"], np.float32)
     self.compression = (
