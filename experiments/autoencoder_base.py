@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     channel_mults=(1, 2, 4, 4),
     num_res_blocks=2,
     temporal_down=(False, True, True),
+    # Group norm per frame. Keep >= 4 channels per group: with 1 it is an instance
+    # norm, which erases each channel's per-frame mean (a plain background's colour).
+    norm_groups=32,
     dtype="bfloat16",
     param_dtype="float32",
   )

@@ -19,6 +19,7 @@ def get_config(arg=None):
     base_channels=16,
     channel_mults=(1, 2, 4, 4),
     num_res_blocks=1,
+    norm_groups=4,
     dtype="float32",  # bfloat16 convolutions are slow on CPUs.
   )
   c.optim.update(lr=5e-4, warmup_steps=50, ema_decay=0.99)

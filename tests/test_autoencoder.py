@@ -14,7 +14,9 @@ from flax import nnx
 
 from sora_jax.models import autoencoder as ae
 
-CFG = ae.AutoencoderConfig(latent_channels=4, base_channels=8)
+# One 3D conv per layer compiles faster than the CPU default ("frames"), which
+# test_frame_by_frame_convolution_equals_one_3d_convolution checks against it.
+CFG = ae.AutoencoderConfig(latent_channels=4, base_channels=8, norm_groups=2, conv_impl="3d")
 
 _encode = nnx.jit(lambda model, x: model.encode(x))
 _decode = nnx.jit(lambda model, z: model.decode(z))
@@ -90,11 +92,14 @@ def test_tiled_decode_is_exact_in_one_tile_and_close_with_overlap(model):
   np.testing.assert_array_equal(one_tile, video)  # The one-pass decode itself.
   err = lambda **kw: float(jnp.mean(jnp.abs(model.decode_tiled(z, **kw) - video)))
   hard, blended = err(tile_latent=8, overlap_latent=0), err(tile_latent=8, overlap_latent=4)
-  # Tiles cannot see across their borders, so the result is approximate. On this
-  # random-init model the blended mean error is ~14% of the mean |output| (0.27)
-  # and about half that of abutting tiles; it shrinks as the overlap grows.
-  assert blended < 0.25 * float(jnp.mean(jnp.abs(video)))
-  assert blended < 0.75 * hard
+  wide = err(tile_latent=10, overlap_latent=6)
+  # Tiles cannot see across their borders and each tile has its own group-norm
+  # statistics, so the result is approximate. On this random-init model blending
+  # beats abutting tiles, and the error shrinks as the overlap grows (below a
+  # fifth of the mean |output| at 6 of 10 latent pixels).
+  assert blended < hard
+  assert wide < 0.7 * blended
+  assert wide < 0.2 * float(jnp.mean(jnp.abs(video)))
 
 
 def test_tiled_encode_is_exact_in_one_tile(model):
@@ -164,3 +169,19 @@ def test_config_validation():
   with pytest.raises(ValueError, match="temporal_down"):
     ae.AutoencoderConfig(channel_mults=(1, 2), temporal_down=(True, True))
   assert (CFG.temporal_factor, CFG.spatial_factor) == (4, 8)
+
+
+@pytest.mark.parametrize(
+  "kernel,stride", [((3, 3, 3), (1, 1, 1)), ((3, 3, 3), (2, 2, 2)), ((1, 3, 3), (1, 2, 2))]
+)
+def test_frame_by_frame_convolution_equals_one_3d_convolution(kernel, stride):
+  x = _video((2, 7, 10, 12, 5))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 5, 6)) * 0.2
+  conv = jax.jit(ae.conv3d, static_argnums=(2, 3))
+  frames, one = conv(x, k, stride, "frames"), conv(x, k, stride, "3d")
+  assert (
+    frames.shape
+    == one.shape
+    == (2, (7 - kernel[0]) // stride[0] + 1, 10 // stride[1], 12 // stride[2], 6)
+  )
+  np.testing.assert_allclose(frames, one, atol=1e-5)

@@ -10,8 +10,10 @@ same latent space. Temporal downsampling is a stride-2 causal conv, which maps
 1 + 2k -> 1 + k frames (frame 0 alone, then pairs); temporal upsampling keeps
 frame 0 single and repeats the others, 1 + k -> 1 + 2k. Latent frame j thus
 sees input frames <= 4j, and output frame t sees latent frames <= ceil(t / 4).
-Normalization is an RMS norm over channels at each pixel of each frame, with
-no statistics over time (causality) or space (tiles see the same statistics).
+Normalization is a group norm over each frame: statistics over height, width
+and the channels of a group, per example and frame, never over time, so it
+keeps causality and chunking exact. (A per-pixel RMS norm over channels alone
+discards how strongly a pixel responds and learned ~10 dB slower here.)
 
 Chunking. A conv is a function (x, cache) -> (y, new_cache): `cache` holds the
 trailing input frames that its next outputs still need (None on the first
@@ -28,7 +30,7 @@ since the receptive field crosses tile borders.
 
 Logical axis names: conv kernels [kt, kh, kw, in, out] are (None, None, None,
 "conv_in", "conv_out"), 1x1 projections ("conv_in", "conv_out"), conv biases
-("conv_out",) and norm scales ("conv_in",), as the next conv reads them.
+("conv_out",) and norm scales and biases ("conv_in",), as the next conv reads them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from flax import nnx
 
 from sora_jax.models import layers
 
+CONV_IMPLS = ("auto", "3d", "frames")
+
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig:
@@ -50,6 +54,15 @@ class AutoencoderConfig:
   channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # One level per entry; 2x spatial down between.
   num_res_blocks: int = 1
   temporal_down: tuple[bool, ...] = (False, True, True)  # Per down step: also 2x in time?
+  # Group norm groups (fewer where a layer has fewer channels). Keep >= 4 channels per
+  # group: one channel per group erases each channel's per-frame mean.
+  norm_groups: int = 8
+  # The encoder's log-variance starts here (bias init): a posterior std of e^-3 ~ 0.05
+  # lets the decoder read the latent from step 0 instead of through unit noise.
+  logvar_init: float = -6.0
+  # "3d": one 3D convolution; "frames": a sum over the kt time taps of 2D convolutions
+  # (identical result, ~2.5x faster on CPUs); "auto": "frames" on CPU, "3d" elsewhere.
+  conv_impl: str = "auto"
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -59,6 +72,15 @@ class AutoencoderConfig:
         f"temporal_down={self.temporal_down} needs one entry per down step "
         f"(len(channel_mults) - 1 = {len(self.channel_mults) - 1})"
       )
+    for m in self.channel_mults:
+      ch = self.base_channels * m
+      if self.norm_groups < 1 or ch % min(self.norm_groups, ch):
+        raise ValueError(
+          f"norm_groups={self.norm_groups} must divide every level's channels "
+          f"(base_channels * channel_mults = {ch})"
+        )
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"conv_impl={self.conv_impl!r}; allowed: {', '.join(CONV_IMPLS)}")
     if not 1 <= self.latent_channels <= 64:
       raise ValueError(f"latent_channels={self.latent_channels}; allowed: 1..64 (usually 4..16)")
     for name in ("dtype", "param_dtype"):
@@ -79,6 +101,54 @@ def kl_loss(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   return 0.5 * jnp.mean(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
 
 
+def conv3d(x: jax.Array, kernel: jax.Array, stride, impl: str = "auto") -> jax.Array:
+  """Valid in time, 'same' in space: [B, T, H, W, Ci] * [kt, kh, kw, Ci, Co] -> [B, T', H', W', Co].
+
+  impl "frames" computes output frame i as the sum over taps a of a 2D conv of
+  input frame i * st + a with kernel[a]: the same sums as one 3D conv, which
+  XLA's CPU backend runs ~2.5x slower than batched 2D convs.
+  """
+  (kt, kh, kw), (st, sh, sw) = kernel.shape[:3], stride
+  pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+  if impl == "auto":
+    impl = "frames" if jax.default_backend() == "cpu" else "3d"
+  if impl == "3d":
+    return jax.lax.conv_general_dilated(
+      x, kernel, stride, ((0, 0), *pad), dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+  b, n = x.shape[0], (x.shape[1] - kt) // st + 1
+  y = None
+  for a in range(kt):
+    frames = x[:, a : a + st * (n - 1) + 1 : st]
+    f = jax.lax.conv_general_dilated(
+      frames.reshape(b * n, *x.shape[2:]),
+      kernel[a],
+      (sh, sw),
+      pad,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    y = f if y is None else y + f
+  return y.reshape(b, n, *y.shape[1:])
+
+
+class FrameGroupNorm(nnx.Module):
+  """Group norm of [B, T, H, W, C] with statistics per example, frame and group, in float32."""
+
+  def __init__(self, channels: int, groups: int, *, param_dtype):
+    self.groups = min(groups, channels)
+    self.scale = nnx.Param(jnp.ones((channels,), param_dtype), out_sharding=("conv_in",))
+    self.bias = nnx.Param(jnp.zeros((channels,), param_dtype), out_sharding=("conv_in",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    *lead, c = x.shape
+    g = x.astype(jnp.float32).reshape(*lead, self.groups, c // self.groups)
+    axes = (-4, -3, -1)  # Height, width and the channels of a group.
+    mean = jnp.mean(g, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+    y = ((g - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(x.shape)
+    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
 class CausalConv3d(nnx.Module):
   """3D conv over [B, T, H, W, C]: causal in time (zero past padding), 'same' in space.
 
@@ -88,14 +158,27 @@ class CausalConv3d(nnx.Module):
   input frame from the next output's window on (kt - s of them), for the next chunk.
   """
 
-  def __init__(self, cin, cout, kernel=(3, 3, 3), stride=(1, 1, 1), *, rngs, dtype, param_dtype):
-    self.kernel_size, self.stride = tuple(kernel), tuple(stride)
+  def __init__(
+    self,
+    cin,
+    cout,
+    kernel=(3, 3, 3),
+    stride=(1, 1, 1),
+    *,
+    rngs,
+    dtype,
+    param_dtype,
+    impl="auto",
+    bias=None,  # Initial bias [cout]; None: zeros.
+  ):
+    self.kernel_size, self.stride, self.impl = tuple(kernel), tuple(stride), impl
     init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     self.kernel = nnx.Param(
       init(rngs.params(), (*kernel, cin, cout), param_dtype),
       out_sharding=(None, None, None, "conv_in", "conv_out"),
     )
-    self.bias = nnx.Param(jnp.zeros((cout,), param_dtype), out_sharding=("conv_out",))
+    bias = jnp.zeros((cout,)) if bias is None else jnp.asarray(bias)
+    self.bias = nnx.Param(bias.astype(param_dtype), out_sharding=("conv_out",))
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, cache: jax.Array | None = None):
@@ -104,13 +187,7 @@ class CausalConv3d(nnx.Module):
     if cache is None:
       cache = jnp.zeros((x.shape[0], kt - 1, *x.shape[2:]), x.dtype)
     x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)  # [B, past + T, H, W, C]
-    y = jax.lax.conv_general_dilated(
-      x,
-      self.kernel[...].astype(self.dtype),
-      window_strides=self.stride,
-      padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-    )
+    y = conv3d(x, self.kernel[...].astype(self.dtype), self.stride, self.impl)
     # Keep the input frames from the next output's window start on.
     return y + self.bias[...].astype(self.dtype), x[:, y.shape[1] * self.stride[0] :]
 
@@ -128,13 +205,13 @@ def _chain(modules, x, cache):
 class ResBlock(nnx.Module):
   """x + conv(silu(norm(conv(silu(norm(x)))))), with a 1x1 projection when widths differ."""
 
-  def __init__(self, cin, cout, *, rngs, dtype, param_dtype):
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.norm1 = layers.RMSNorm(cin, "conv_in", param_dtype=param_dtype)
+  def __init__(self, cin, cout, groups, **kw):
+    self.norm1 = FrameGroupNorm(cin, groups, param_dtype=kw["param_dtype"])
     self.conv1 = CausalConv3d(cin, cout, **kw)
-    self.norm2 = layers.RMSNorm(cout, "conv_in", param_dtype=param_dtype)
+    self.norm2 = FrameGroupNorm(cout, groups, param_dtype=kw["param_dtype"])
     self.conv2 = CausalConv3d(cout, cout, **kw)
-    self.skip = layers.Dense(cin, cout, ("conv_in", "conv_out"), **kw) if cin != cout else None
+    dense = {k: kw[k] for k in ("rngs", "dtype", "param_dtype")}
+    self.skip = layers.Dense(cin, cout, ("conv_in", "conv_out"), **dense) if cin != cout else None
 
   def __call__(self, x, cache=None):
     c1, c2 = (None, None) if cache is None else cache
@@ -146,9 +223,9 @@ class ResBlock(nnx.Module):
 class Upsample(nnx.Module):
   """Nearest 2x in space (and in time: 1 + k -> 1 + 2k, frame 0 kept single), then a conv."""
 
-  def __init__(self, ch, temporal: bool, *, rngs, dtype, param_dtype):
+  def __init__(self, ch, temporal: bool, **kw):
     self.temporal = temporal
-    self.conv = CausalConv3d(ch, ch, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.conv = CausalConv3d(ch, ch, **kw)
 
   def __call__(self, x, cache=None):
     if self.temporal:  # The first chunk (no cache yet) holds frame 0.
@@ -162,9 +239,9 @@ class Upsample(nnx.Module):
 class Head(nnx.Module):
   """conv(silu(norm(x))): the output layer of the encoder and the decoder."""
 
-  def __init__(self, cin, cout, *, rngs, dtype, param_dtype):
-    self.norm = layers.RMSNorm(cin, "conv_in", param_dtype=param_dtype)
-    self.conv = CausalConv3d(cin, cout, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+  def __init__(self, cin, cout, groups, *, bias=None, **kw):
+    self.norm = FrameGroupNorm(cin, groups, param_dtype=kw["param_dtype"])
+    self.conv = CausalConv3d(cin, cout, bias=bias, **kw)
 
   def __call__(self, x, cache=None):
     return self.conv(jax.nn.silu(self.norm(x)), cache)
@@ -174,17 +251,25 @@ class Encoder(nnx.Module):
   """Video -> [mean, logvar] stacked on channels; each stage is (x, cache) -> (y, cache)."""
 
   def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
-    kw = dict(rngs=rngs, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    kw = dict(
+      rngs=rngs,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      impl=cfg.conv_impl,
+    )
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
+    g = cfg.norm_groups
     stages, cin = [CausalConv3d(3, chans[0], **kw)], chans[0]
     for i, ch in enumerate(chans):
       for _ in range(cfg.num_res_blocks):
-        stages.append(ResBlock(cin, ch, **kw))
+        stages.append(ResBlock(cin, ch, g, **kw))
         cin = ch
       if i < len(chans) - 1:
         t = cfg.temporal_down[i]
         stages.append(CausalConv3d(ch, ch, (3 if t else 1, 3, 3), (2 if t else 1, 2, 2), **kw))
-    stages += [ResBlock(cin, cin, **kw), Head(cin, 2 * cfg.latent_channels, **kw)]
+    c = cfg.latent_channels
+    bias = jnp.concatenate([jnp.zeros((c,)), jnp.full((c,), cfg.logvar_init)])  # mean, logvar
+    stages += [ResBlock(cin, cin, g, **kw), Head(cin, 2 * c, g, bias=bias, **kw)]
     self.stages = nnx.List(stages)
 
   def __call__(self, x, cache=None):
@@ -195,17 +280,23 @@ class Decoder(nnx.Module):
   """Latent -> video, mirroring the encoder; each stage is (x, cache) -> (y, cache)."""
 
   def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
-    kw = dict(rngs=rngs, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    kw = dict(
+      rngs=rngs,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      impl=cfg.conv_impl,
+    )
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
+    g = cfg.norm_groups
     cin = chans[-1]
-    stages = [CausalConv3d(cfg.latent_channels, cin, **kw), ResBlock(cin, cin, **kw)]
+    stages = [CausalConv3d(cfg.latent_channels, cin, **kw), ResBlock(cin, cin, g, **kw)]
     for i in reversed(range(len(chans))):
       for _ in range(cfg.num_res_blocks):
-        stages.append(ResBlock(cin, chans[i], **kw))
+        stages.append(ResBlock(cin, chans[i], g, **kw))
         cin = chans[i]
       if i > 0:
         stages.append(Upsample(cin, cfg.temporal_down[i - 1], **kw))
-    stages.append(Head(cin, 3, **kw))
+    stages.append(Head(cin, 3, g, **kw))
     self.stages = nnx.List(stages)
 
   def __call__(self, x, cache=None):
