@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # at `adv_start`; adv = 0 builds no discriminator at all.
   c.loss = dict(
     l1=1.0,
+    l2=0.0,  # Squared error: pulls harder on large errors (small objects) than L1 does.
     kl=1e-6,
     adv=0.0,
     adv_start=20_000,

@@ -22,14 +22,14 @@ def get_config(arg=None):
     norm_groups=4,
     dtype="float32",  # bfloat16 convolutions are slow on CPUs.
   )
-  c.optim.update(lr=5e-4, warmup_steps=50, ema_decay=0.99)
+  c.optim.update(lr=1e-3, warmup_steps=50, ema_decay=0.995)
   c.train.update(
-    num_steps=500,  # ~20 min on 2 cores.
+    num_steps=2000,  # ~42 min on 2 cores (docs/performance.md).
     global_batch_size=8,
     log_every=25,
-    eval_every=250,
+    eval_every=500,
     eval_batches=4,
-    checkpoint_every=250,
+    checkpoint_every=500,
     keep_checkpoints=2,
     stats_batches=8,
   )

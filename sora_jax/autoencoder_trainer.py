@@ -10,7 +10,7 @@ the diffusion trainer's (sora_jax.trainer):
   disc_opt_state
   nonfinite_step  the first step whose loss or gradient was not finite, or -1
 
-The loss is l1 * |x - x_hat| + kl * KL(q(z|x) || N(0, I)), plus, from step
+The loss is l1 * |x - x_hat| + l2 * (x - x_hat)^2 + kl * KL(q(z|x) || N(0, I)), plus, from step
 loss.adv_start on, adv * (-D(x_hat)) with the discriminator trained by the
 hinge loss in the same step. Clip batches come one bucket (shape) at a time,
 so the step compiles once per bucket.
@@ -65,7 +65,7 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.{e}") from None
   lo = cfg.loss
-  for name in ("l1", "kl", "adv"):
+  for name in ("l1", "l2", "kl", "adv"):
     if lo[name] < 0:
       raise ConfigError(f"config.loss.{name}={lo[name]}: must be >= 0")
   if lo.adv > 0 and (lo.disc_channels <= 0 or lo.disc_layers <= 0 or lo.disc_lr <= 0):
@@ -206,13 +206,14 @@ class AutoencoderTrainer:
     def loss_of(params):
       recon, mean, logvar = self.model.merge(params)(video, rng)
       l1 = jnp.mean(jnp.abs(recon - video))
+      l2 = jnp.mean(jnp.square(recon - video))
       kl = autoencoder.kl_loss(mean, logvar)
-      total = w["l1"] * l1 + w["kl"] * kl
+      total = w["l1"] * l1 + w["l2"] * l2 + w["kl"] * kl
       g = jnp.zeros((), jnp.float32)
       if adv:
         g = discriminator.generator_loss(self.disc.merge(state["disc_params"])(recon))
         total = total + w["adv"] * g
-      return total, {"l1": l1, "kl": kl, "gen_loss": g, "recon": recon}
+      return total, {"l1": l1, "l2": l2, "kl": kl, "gen_loss": g, "recon": recon}
 
     (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
     grad_norm = optax.tree.norm(grads)

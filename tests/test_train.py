@@ -62,6 +62,10 @@ def test_training_overfits_a_tiny_batch(tiny_data_dir):
   assert losses[-10:].mean() < 0.6 * losses[:5].mean(), losses
 
 
+# tests/test_pod.py checks the same in a stronger form under `make test` (two
+# processes killed with SIGKILL, resumed on one, losses equal to an uninterrupted
+# run); this single-process variant runs with `pytest -m slow` (~2.3 min).
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(tmp_path, tiny_data_dir):
   args = ["--config.train.num_steps=24", "--config.train.checkpoint_every=4"]
   full = str(tmp_path / "full")
