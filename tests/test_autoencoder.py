@@ -168,6 +168,10 @@ def test_every_parameter_has_logical_axis_names(model):
 def test_config_validation():
   with pytest.raises(ValueError, match="temporal_down"):
     ae.AutoencoderConfig(channel_mults=(1, 2), temporal_down=(True, True))
+  with pytest.raises(ValueError, match="norm_groups=3 must divide"):
+    ae.AutoencoderConfig(base_channels=8, norm_groups=3)
+  with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+    ae.AutoencoderConfig(conv_impl="cudnn")
   assert (CFG.temporal_factor, CFG.spatial_factor) == (4, 8)
 
 

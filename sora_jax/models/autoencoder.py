@@ -26,7 +26,8 @@ multiple of 4); `decode_chunked` cuts the latent as [frame 0] +
 Tiling. `encode_tiled` and `decode_tiled` run overlapping spatial tiles and
 blend them with linear ramps across the overlap. An input that fits in one
 tile gives exactly the one-pass result; otherwise the result is approximate,
-since the receptive field crosses tile borders.
+since the receptive field crosses tile borders and each tile has its own
+group-norm statistics.
 
 Logical axis names: conv kernels [kt, kh, kw, in, out] are (None, None, None,
 "conv_in", "conv_out"), 1x1 projections ("conv_in", "conv_out"), conv biases
@@ -182,7 +183,7 @@ class CausalConv3d(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, cache: jax.Array | None = None):
-    kt, kh, kw = self.kernel_size
+    kt = self.kernel_size[0]
     x = x.astype(self.dtype)
     if cache is None:
       cache = jnp.zeros((x.shape[0], kt - 1, *x.shape[2:]), x.dtype)
@@ -247,16 +248,21 @@ class Head(nnx.Module):
     return self.conv(jax.nn.silu(self.norm(x)), cache)
 
 
+def _layer_kwargs(cfg: AutoencoderConfig, rngs: nnx.Rngs) -> dict:
+  """What every conv (and the layers holding convs) of the encoder and decoder takes."""
+  return dict(
+    rngs=rngs,
+    dtype=jnp.dtype(cfg.dtype),
+    param_dtype=jnp.dtype(cfg.param_dtype),
+    impl=cfg.conv_impl,
+  )
+
+
 class Encoder(nnx.Module):
   """Video -> [mean, logvar] stacked on channels; each stage is (x, cache) -> (y, cache)."""
 
   def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
-    kw = dict(
-      rngs=rngs,
-      dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype),
-      impl=cfg.conv_impl,
-    )
+    kw = _layer_kwargs(cfg, rngs)
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
     g = cfg.norm_groups
     stages, cin = [CausalConv3d(3, chans[0], **kw)], chans[0]
@@ -280,12 +286,7 @@ class Decoder(nnx.Module):
   """Latent -> video, mirroring the encoder; each stage is (x, cache) -> (y, cache)."""
 
   def __init__(self, cfg: AutoencoderConfig, *, rngs: nnx.Rngs):
-    kw = dict(
-      rngs=rngs,
-      dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype),
-      impl=cfg.conv_impl,
-    )
+    kw = _layer_kwargs(cfg, rngs)
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
     g = cfg.norm_groups
     cin = chans[-1]
