@@ -172,6 +172,9 @@ def test_config_validation():
     ae.AutoencoderConfig(base_channels=8, norm_groups=3)
   with pytest.raises(ValueError, match="conv_impl='cudnn'"):
     ae.AutoencoderConfig(conv_impl="cudnn")
+  with pytest.raises(ValueError, match="latent_channels must divide 32"):
+    ae.AutoencoderConfig(base_channels=8, latent_channels=5)
+  ae.AutoencoderConfig(base_channels=8, latent_channels=5, shortcuts=False)
   assert (CFG.temporal_factor, CFG.spatial_factor) == (4, 8)
 
 
@@ -189,3 +192,43 @@ def test_frame_by_frame_convolution_equals_one_3d_convolution(kernel, stride):
     == (2, (7 - kernel[0]) // stride[0] + 1, 10 // stride[1], 12 // stride[2], 6)
   )
   np.testing.assert_allclose(frames, one, atol=1e-5)
+
+
+def _zero_convs(module):
+  for _, m in nnx.iter_modules(module):
+    if isinstance(m, ae.CausalConv3d):
+      m.kernel[...] = jnp.zeros_like(m.kernel[...])
+      m.bias[...] = jnp.zeros_like(m.bias[...])
+
+
+def test_shortcuts_are_average_pooling_and_nearest_upsampling():
+  kw = dict(rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32, impl="3d")
+  x = _video((2, 5, 8, 12, 4))
+  down, up = ae.Downsample(4, True, True, **kw), ae.Upsample(4, True, True, **kw)
+  _zero_convs(down)
+  _zero_convs(up)
+  pooled = x.reshape(2, 5, 4, 2, 6, 2, 4).mean(axis=(3, 5))
+  # Frame 0 alone, then the means of frame pairs (1, 2) and (3, 4).
+  expect = jnp.concatenate([pooled[:, :1], pooled[:, 1:].reshape(2, 2, 2, 4, 6, 4).mean(2)], 1)
+  y, _ = down(x)
+  np.testing.assert_allclose(y, expect, atol=1e-6)
+  # Chunked: the first chunk is frame 0 alone, later ones are whole pairs.
+  y0, cache = down(x[:, :1])
+  y1, _ = down(x[:, 1:], cache)
+  np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), expect, atol=1e-6)
+  z, _ = up(expect)  # 1 + 2 frames -> 1 + 4, each pixel to a 2x2 block.
+  nearest = jnp.repeat(jnp.repeat(expect, 2, axis=2), 2, axis=3)
+  np.testing.assert_allclose(z, jnp.concatenate([nearest[:, :1], nearest[:, 1:].repeat(2, 1)], 1))
+  # Without shortcuts the zeroed convs give zeros.
+  plain = ae.Downsample(4, True, False, **kw)
+  _zero_convs(plain)
+  np.testing.assert_array_equal(plain(x)[0], 0.0)
+
+
+def test_without_shortcuts_chunked_equals_one_shot():
+  cfg = ae.AutoencoderConfig(**{**CFG.__dict__, "shortcuts": False})
+  model = ae.VideoAutoencoder(cfg, rngs=nnx.Rngs(params=jax.random.key(0, impl="rbg")))
+  x = _video((1, 9, 8, 8, 3))
+  mean, _ = _encode(model, x)
+  np.testing.assert_allclose(model.encode_chunked(x, chunk_frames=4)[0], mean, atol=1e-4)
+  np.testing.assert_allclose(model.decode_chunked(mean), _decode(model, mean), atol=1e-4)

@@ -64,6 +64,12 @@ class AutoencoderConfig:
   # "3d": one 3D convolution; "frames": a sum over the kt time taps of 2D convolutions
   # (identical result, ~2.5x faster on CPUs); "auto": "frames" on CPU, "3d" elsewhere.
   conv_impl: str = "auto"
+  # Parameter-free residual shortcuts around every resampling step and the latent
+  # bottleneck (DC-AE's "residual autoencoding"): average pooling beside each strided
+  # conv, nearest upsampling beside each upsampling conv, channel averaging into the
+  # latent and channel repetition out of it. The convs then learn residuals over a
+  # pooled-and-upsampled image instead of a mapping from scratch.
+  shortcuts: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -82,6 +88,12 @@ class AutoencoderConfig:
         )
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={self.conv_impl!r}; allowed: {', '.join(CONV_IMPLS)}")
+    top = self.base_channels * self.channel_mults[-1]
+    if self.shortcuts and top % self.latent_channels:
+      raise ValueError(
+        f"shortcuts=True averages the top level's {top} channels into latent_channels="
+        f"{self.latent_channels} groups: latent_channels must divide {top}"
+      )
     if not 1 <= self.latent_channels <= 64:
       raise ValueError(f"latent_channels={self.latent_channels}; allowed: 1..64 (usually 4..16)")
     for name in ("dtype", "param_dtype"):
@@ -221,11 +233,34 @@ class ResBlock(nnx.Module):
     return (x if self.skip is None else self.skip(x)) + h, (c1, c2)
 
 
-class Upsample(nnx.Module):
-  """Nearest 2x in space (and in time: 1 + k -> 1 + 2k, frame 0 kept single), then a conv."""
+class Downsample(nnx.Module):
+  """A stride-2 conv in space (and in time: 1 + 2k -> 1 + k), plus, with `shortcut`,
+  2x2 average pooling (frame 0 alone, then means of frame pairs) of its input."""
 
-  def __init__(self, ch, temporal: bool, **kw):
-    self.temporal = temporal
+  def __init__(self, ch, temporal: bool, shortcut: bool, **kw):
+    self.temporal, self.shortcut = temporal, shortcut
+    kernel, stride = (3 if temporal else 1, 3, 3), (2 if temporal else 1, 2, 2)
+    self.conv = CausalConv3d(ch, ch, kernel, stride, **kw)
+
+  def __call__(self, x, cache=None):
+    y, new_cache = self.conv(x, cache)
+    if not self.shortcut:
+      return y, new_cache
+    b, t, h, w, c = x.shape
+    pooled = x.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(axis=(3, 5))
+    if self.temporal:  # The first chunk (no cache yet) starts with frame 0, which stays alone.
+      first, rest = (pooled[:, :1], pooled[:, 1:]) if cache is None else (None, pooled)
+      rest = rest.reshape(b, rest.shape[1] // 2, 2, *rest.shape[2:]).mean(axis=2)
+      pooled = rest if first is None else jnp.concatenate([first, rest], axis=1)
+    return y + pooled.astype(y.dtype), new_cache
+
+
+class Upsample(nnx.Module):
+  """Nearest 2x in space (and in time: 1 + k -> 1 + 2k, frame 0 kept single), then a conv;
+  with `shortcut`, plus the upsampled input itself."""
+
+  def __init__(self, ch, temporal: bool, shortcut: bool, **kw):
+    self.temporal, self.shortcut = temporal, shortcut
     self.conv = CausalConv3d(ch, ch, **kw)
 
   def __call__(self, x, cache=None):
@@ -234,7 +269,8 @@ class Upsample(nnx.Module):
       rest = jnp.repeat(rest, 2, axis=1)
       x = jnp.concatenate([x[:, :1], rest], axis=1) if cache is None else rest
     x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-    return self.conv(x, cache)
+    y, new_cache = self.conv(x, cache)
+    return (y + x.astype(y.dtype) if self.shortcut else y), new_cache
 
 
 class Head(nnx.Module):
@@ -271,15 +307,23 @@ class Encoder(nnx.Module):
         stages.append(ResBlock(cin, ch, g, **kw))
         cin = ch
       if i < len(chans) - 1:
-        t = cfg.temporal_down[i]
-        stages.append(CausalConv3d(ch, ch, (3 if t else 1, 3, 3), (2 if t else 1, 2, 2), **kw))
+        stages.append(Downsample(ch, cfg.temporal_down[i], cfg.shortcuts, **kw))
     c = cfg.latent_channels
     bias = jnp.concatenate([jnp.zeros((c,)), jnp.full((c,), cfg.logvar_init)])  # mean, logvar
     stages += [ResBlock(cin, cin, g, **kw), Head(cin, 2 * c, g, bias=bias, **kw)]
     self.stages = nnx.List(stages)
+    self.latent_channels, self.shortcuts = c, cfg.shortcuts
 
   def __call__(self, x, cache=None):
-    return _chain(self.stages, x, cache)
+    if not self.shortcuts:
+      return _chain(self.stages, x, cache)
+    c0, c1 = (None, None) if cache is None else cache
+    h, c0 = _chain(self.stages[:-1], x, c0)
+    y, c1 = self.stages[-1](h, c1)
+    # The mean gets the top features averaged over groups of consecutive channels.
+    group = h.reshape(*h.shape[:-1], self.latent_channels, -1).mean(axis=-1)
+    y = y + jnp.concatenate([group, jnp.zeros_like(group)], axis=-1).astype(y.dtype)
+    return y, (c0, c1)
 
 
 class Decoder(nnx.Module):
@@ -290,18 +334,25 @@ class Decoder(nnx.Module):
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
     g = cfg.norm_groups
     cin = chans[-1]
-    stages = [CausalConv3d(cfg.latent_channels, cin, **kw), ResBlock(cin, cin, g, **kw)]
+    self.conv_in = CausalConv3d(cfg.latent_channels, cin, **kw)
+    self.repeats = cin // cfg.latent_channels if cfg.shortcuts else 0
+    stages = [ResBlock(cin, cin, g, **kw)]
     for i in reversed(range(len(chans))):
       for _ in range(cfg.num_res_blocks):
         stages.append(ResBlock(cin, chans[i], g, **kw))
         cin = chans[i]
       if i > 0:
-        stages.append(Upsample(cin, cfg.temporal_down[i - 1], **kw))
+        stages.append(Upsample(cin, cfg.temporal_down[i - 1], cfg.shortcuts, **kw))
     stages.append(Head(cin, 3, g, **kw))
     self.stages = nnx.List(stages)
 
   def __call__(self, x, cache=None):
-    return _chain(self.stages, x, cache)
+    c0, c1 = (None, None) if cache is None else cache
+    h, c0 = self.conv_in(x, c0)
+    if self.repeats:  # Each latent channel copied to a group of consecutive channels.
+      h = h + jnp.repeat(x, self.repeats, axis=-1).astype(h.dtype)
+    y, c1 = _chain(self.stages, h, c1)
+    return y, (c0, c1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
