@@ -88,14 +88,14 @@ class AutoencoderConfig:
         )
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f"conv_impl={self.conv_impl!r}; allowed: {', '.join(CONV_IMPLS)}")
+    if not 1 <= self.latent_channels <= 64:
+      raise ValueError(f"latent_channels={self.latent_channels}; allowed: 1..64 (usually 4..16)")
     top = self.base_channels * self.channel_mults[-1]
     if self.shortcuts and top % self.latent_channels:
       raise ValueError(
         f"shortcuts=True averages the top level's {top} channels into latent_channels="
         f"{self.latent_channels} groups: latent_channels must divide {top}"
       )
-    if not 1 <= self.latent_channels <= 64:
-      raise ValueError(f"latent_channels={self.latent_channels}; allowed: 1..64 (usually 4..16)")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"{name}={getattr(self, name)!r}; allowed: float32, bfloat16, float16")
