@@ -44,6 +44,9 @@ def model_config(cfg: ml_collections.ConfigDict) -> autoencoder.AutoencoderConfi
   m = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
   m["channel_mults"] = tuple(m["channel_mults"])
   m["temporal_down"] = tuple(bool(t) for t in m["temporal_down"])
+  # Every config from experiments/autoencoder_base.py names `shortcuts`; a saved config
+  # without it predates them, and its checkpoint is a network without shortcuts.
+  m.setdefault("shortcuts", False)
   return autoencoder.AutoencoderConfig(**m)
 
 

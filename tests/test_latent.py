@@ -380,3 +380,11 @@ def test_autoencoder_trains_on_two_processes_like_on_one(data_dir, tmp_path):
     np.testing.assert_allclose(x["l1"], y["l1"], rtol=1e-4)
   np.testing.assert_allclose(a[-1]["eval_psnr"], b[-1]["eval_psnr"], rtol=1e-4)
   assert os.path.exists(os.path.join(pod, "latent_stats.json"))
+
+
+def test_saved_configs_from_before_shortcuts_restore_networks_without_them():
+  cfg = autoencoder_tiny.get_config()
+  assert autoencoder_trainer.model_config(cfg).shortcuts
+  old = cfg.to_dict()
+  del old["model"]["shortcuts"]  # What a config.json written before the field holds.
+  assert not autoencoder_trainer.model_config(config_lib.from_json(old)).shortcuts
