@@ -24,7 +24,7 @@ def get_config(arg=None):
   )
   c.optim.update(lr=1e-3, warmup_steps=50, ema_decay=0.995)
   c.train.update(
-    num_steps=2000,  # ~42 min on 2 cores (docs/performance.md).
+    num_steps=2000,  # ~36 min on 2 cores (docs/performance.md).
     global_batch_size=8,
     log_every=25,
     eval_every=500,

@@ -233,17 +233,18 @@ class ResBlock(nnx.Module):
     return (x if self.skip is None else self.skip(x)) + h, (c1, c2)
 
 
-class Downsample(nnx.Module):
+class Downsample(CausalConv3d):
   """A stride-2 conv in space (and in time: 1 + 2k -> 1 + k), plus, with `shortcut`,
-  2x2 average pooling (frame 0 alone, then means of frame pairs) of its input."""
+  2x2 average pooling (frame 0 alone, then means of frame pairs) of its input. The
+  conv is the module itself, so the parameters sit where a plain strided conv's do."""
 
   def __init__(self, ch, temporal: bool, shortcut: bool, **kw):
-    self.temporal, self.shortcut = temporal, shortcut
     kernel, stride = (3 if temporal else 1, 3, 3), (2 if temporal else 1, 2, 2)
-    self.conv = CausalConv3d(ch, ch, kernel, stride, **kw)
+    super().__init__(ch, ch, kernel, stride, **kw)
+    self.temporal, self.shortcut = temporal, shortcut
 
   def __call__(self, x, cache=None):
-    y, new_cache = self.conv(x, cache)
+    y, new_cache = super().__call__(x, cache)
     if not self.shortcut:
       return y, new_cache
     b, t, h, w, c = x.shape
@@ -334,9 +335,8 @@ class Decoder(nnx.Module):
     chans = [cfg.base_channels * m for m in cfg.channel_mults]
     g = cfg.norm_groups
     cin = chans[-1]
-    self.conv_in = CausalConv3d(cfg.latent_channels, cin, **kw)
     self.repeats = cin // cfg.latent_channels if cfg.shortcuts else 0
-    stages = [ResBlock(cin, cin, g, **kw)]
+    stages = [CausalConv3d(cfg.latent_channels, cin, **kw), ResBlock(cin, cin, g, **kw)]
     for i in reversed(range(len(chans))):
       for _ in range(cfg.num_res_blocks):
         stages.append(ResBlock(cin, chans[i], g, **kw))
@@ -347,11 +347,13 @@ class Decoder(nnx.Module):
     self.stages = nnx.List(stages)
 
   def __call__(self, x, cache=None):
+    if not self.repeats:
+      return _chain(self.stages, x, cache)
     c0, c1 = (None, None) if cache is None else cache
-    h, c0 = self.conv_in(x, c0)
-    if self.repeats:  # Each latent channel copied to a group of consecutive channels.
-      h = h + jnp.repeat(x, self.repeats, axis=-1).astype(h.dtype)
-    y, c1 = _chain(self.stages, h, c1)
+    h, c0 = self.stages[0](x, c0)
+    # Each latent channel copied to a group of consecutive channels of the input conv's output.
+    h = h + jnp.repeat(x, self.repeats, axis=-1).astype(h.dtype)
+    y, c1 = _chain(self.stages[1:], h, c1)
     return y, (c0, c1)
 
 
