@@ -24,9 +24,11 @@ def get_config(arg=None):
     max_frames=9,
     frame_stride=2,
     min_frame_tokens=8,
+    max_examples_per_row=8,
   )
   c.model.update(patch=(1, 1, 1))
   c.flow.update(shift_base_tokens=16, prediction="velocity", min_t=0.05)
   # ~1.2 s per step on 2 cores (~61 examples per step): the pixel demo's ~20 minutes.
-  c.train.update(num_steps=1000, checkpoint_every=250)
+  c.train.update(num_steps=1000, global_batch_size=16, log_every=25, checkpoint_every=250)
+  c.sample.update(cfg_scale=3.0)
   return c

@@ -1,12 +1,13 @@
 """Every preset validates and has the parameter count its docstring states."""
 
 import importlib
+import os
 
 import jax
 import pytest
 from flax import nnx
 
-from sora_jax import config_lib, factory
+from sora_jax import config_lib, factory, sample, sampling
 from sora_jax.models import dit
 
 # DiT parameters without the text encoder, as the preset docstrings state.
@@ -43,3 +44,18 @@ def test_config_json_round_trip():
   assert back.model.patch == cfg.model.patch
   assert back.sharding.rules == cfg.sharding.rules
   assert back.to_dict() == cfg.to_dict()
+
+
+def test_demo_prompts_are_sizes_the_demo_trains_on():
+  """make demo's prompts are valid requests within the per-example token budget it trains on."""
+  cfg = importlib.import_module("experiments.demo").get_config()
+  geom, opts = factory.geometry(cfg), factory.options(cfg)
+  prompts = os.path.join(os.path.dirname(__file__), "..", "experiments", "demo_prompts.jsonl")
+  requests = sample.read_requests([], prompts, (8, 32, 32), 0, 1)
+  ratios = set()
+  for req in requests:
+    sampling.check_request(req, geom, opts)
+    assert geom.num_tokens(req.num_frames, req.height, req.width) <= opts.max_tokens_per_example
+    ratios.add((req.num_frames > 1, round(req.width / req.height, 1)))
+  assert {(True, 1.7), (True, 0.6), (True, 1.0)} <= ratios  # 16:9, 9:16, 1:1 videos.
+  assert any(req.num_frames == 1 for req in requests)  # And an image.
