@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointError(ValueError):
@@ -66,6 +67,48 @@ def restore_train(mngr, step: int, abstract_state: Any, abstract_ema: Any, data_
     items["data"] = DataRestore(data_iterator)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return restored["state"], restored["ema"]
+
+
+def _key_path(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def state_mismatch(workdir: str, step: int, abstract_state: Any) -> str | None:
+  """Why a step's saved train state cannot restore onto `abstract_state`, or None if it can.
+
+  Reads only the checkpoint's metadata (array paths and shapes), so a model
+  changed since the save is reported before any array is read.
+  """
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    saved = handler.metadata(epath.Path(directory(workdir)) / str(step) / "state")
+  finally:
+    handler.close()
+  have = {_key_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)}
+  want = {
+    _key_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)
+  }
+  only_now, only_saved = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  if only_now or only_saved:
+    example = only_now[0] if only_now else only_saved[0]
+    return (
+      f"the parameter tree differs: {len(only_now)} arrays only in this config, "
+      f"{len(only_saved)} only in the checkpoint, e.g. {example}"
+    )
+  changed = [k for k in want if want[k] != have[k]]
+  if changed:
+    k = changed[0]
+    return (
+      f"{len(changed)} arrays differ in shape, e.g. {k}: {have[k]} in the checkpoint, "
+      f"{want[k]} in this config"
+    )
+  return None
 
 
 def latest_step(workdir: str) -> int | None:

@@ -126,9 +126,16 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   start = mngr.latest_step()
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
-    state, ema = checkpointing.restore_train(
-      mngr, start, trainer.abstract_state, trainer.model.abstract_params, data_iter
-    )
+    problem = checkpointing.state_mismatch(workdir, start, trainer.abstract_state)
+    if problem:
+      raise checkpointing.CheckpointError(_mismatch(workdir, start, cfg, problem))
+    try:
+      state, ema = checkpointing.restore_train(
+        mngr, start, trainer.abstract_state, trainer.model.abstract_params, data_iter
+      )
+    except (ValueError, TypeError) as e:  # E.g. the data stream's layout differs.
+      mngr.close()
+      raise checkpointing.CheckpointError(_mismatch(workdir, start, cfg, e)) from None
   else:
     start = 0
     state, ema = trainer.init(cfg.seed)
@@ -214,6 +221,19 @@ class Meter:
     return out
 
 
+def _mismatch(workdir: str, step: int, cfg, error: Exception | str) -> str:
+  """One line: why the workdir's checkpoint cannot resume under `cfg`, and what differs."""
+  _, saved = checkpointing.restore_config(workdir, step)
+  changed = [d for d in config_lib.diff(saved, cfg) if not d.startswith("config.data.data_dir")]
+  shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+  return (
+    f"--workdir={workdir}: its checkpoint (step {step}) does not fit this config ({reason}). "
+    f"Changed since it was saved: {shown or 'nothing in the config'}. Resume with the config "
+    "it was saved with, or train into a new --workdir; the checkpoint is left as it is."
+  )
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -224,7 +244,13 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   try:
     last = train(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, shards.DatasetError, FileNotFoundError, guard.TrainingError) as e:
+  except (
+    config_lib.ConfigError,
+    checkpointing.CheckpointError,
+    shards.DatasetError,
+    FileNotFoundError,
+    guard.TrainingError,
+  ) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
     print(json.dumps({"workdir": FLAGS.workdir, **{k: round(v, 6) for k, v in last.items()}}))

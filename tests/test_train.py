@@ -140,3 +140,24 @@ def test_bad_configs_fail_with_one_clear_line(tmp_path, tiny_data_dir, override,
   assert "Traceback" not in r.stderr, r.stderr[-2000:]
   assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_resuming_under_a_changed_model_fails_with_one_line_and_keeps_the_checkpoint(
+  tmp_path, tiny_data_dir
+):
+  workdir = str(tmp_path / "w")
+  r = _run(_train_cmd(workdir, tiny_data_dir, "--config.train.num_steps=2"), timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  ckpt = os.path.join(workdir, "checkpoints")
+  before = sorted(os.listdir(ckpt))
+  r = _run(
+    _train_cmd(workdir, tiny_data_dir, "--config.train.num_steps=4", "--config.model.width=32"),
+    timeout=300,
+  )
+  assert r.returncode != 0
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: --workdir={workdir}: its checkpoint (step 2) does not fit"), last
+  assert "config.model.width: 64 -> 32" in last, last
+  assert "config.train.num_steps: 2 -> 4" in last, last
+  assert sorted(os.listdir(ckpt)) == before
