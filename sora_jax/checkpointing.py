@@ -57,16 +57,65 @@ def save(mngr, step: int, state: Any, ema: Any, data_iterator: Any, config: dict
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore_train(mngr, step: int, abstract_state: Any, abstract_ema: Any, data_iterator: Any):
-  """Restores state and EMA onto the shardings of the abstract trees, and the iterator in place."""
+def restore_train(
+  mngr,
+  step: int,
+  abstract_state: Any,
+  abstract_ema: Any,
+  data_iterator: Any,
+  config: dict | None = None,
+):
+  """Restores state and EMA onto the shardings of the abstract trees, and the iterator in place.
+
+  A checkpoint that does not fit (another model: checked from its metadata before
+  any array is read; or another data-stream layout) raises CheckpointError, one
+  line naming the mismatch and, given the current `config` as JSON, the fields
+  changed since the save. The checkpoint is left as it is.
+  """
+  problem = state_mismatch(mngr.directory / str(step) / "state", abstract_state)
+  if problem:
+    raise CheckpointError(_cannot_resume(mngr, step, problem, config))
   items = dict(
     state=ocp.args.StandardRestore(abstract_state),
     ema=ocp.args.StandardRestore(abstract_ema),
   )
   if data_iterator is not None:
     items["data"] = DataRestore(data_iterator)
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, TypeError) as e:  # E.g. the data stream's layout differs.
+    raise CheckpointError(_cannot_resume(mngr, step, e, config)) from None
   return restored["state"], restored["ema"]
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+  """'config.a.b: saved -> now' for each field of two JSON configs that differs."""
+  out = []
+
+  def walk(a, b, path):
+    if isinstance(a, dict) and isinstance(b, dict):
+      for k in sorted(set(a) | set(b)):
+        walk(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{path}.{k}")
+    elif a != b:
+      out.append(f"{path}: {a!r} -> {b!r}")
+
+  walk(saved, current, "config")
+  return out
+
+
+def _cannot_resume(mngr, step: int, error: Exception | str, config: dict | None) -> str:
+  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+  workdir = mngr.directory.parent  # See directory().
+  msg = f"--workdir={workdir}: its checkpoint (step {step}) does not fit this config ({reason})."
+  if config is not None:
+    saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    changed = [d for d in config_diff(saved, config) if not d.startswith("config.data.data_dir")]
+    more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
+    msg += f" Changed since it was saved: {'; '.join(changed[:8]) + more or 'nothing'}."
+  return (
+    msg + " Resume with the config it was saved with, or use a new --workdir; "
+    "the checkpoint is left as it is."
+  )
 
 
 def _key_path(path) -> str:
@@ -79,15 +128,14 @@ def _key_path(path) -> str:
   return "/".join(parts)
 
 
-def state_mismatch(workdir: str, step: int, abstract_state: Any) -> str | None:
-  """Why a step's saved train state cannot restore onto `abstract_state`, or None if it can.
+def state_mismatch(step_dir, abstract_state: Any) -> str | None:
+  """Why the train state saved in `step_dir` cannot restore onto `abstract_state`, or None.
 
-  Reads only the checkpoint's metadata (array paths and shapes), so a model
-  changed since the save is reported before any array is read.
+  Reads only the checkpoint's metadata (array paths and shapes).
   """
   handler = ocp.StandardCheckpointHandler()
   try:
-    saved = handler.metadata(epath.Path(directory(workdir)) / str(step) / "state")
+    saved = handler.metadata(epath.Path(step_dir))
   finally:
     handler.close()
   have = {_key_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)}

@@ -216,21 +216,6 @@ def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(cfg.to_json())
 
 
-def diff(saved: Mapping[str, Any], current: ml_collections.ConfigDict) -> list[str]:
-  """'config.a.b: saved -> now' for each field that differs from a saved (JSON) config."""
-  out = []
-
-  def walk(a, b, path):
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-      for k in sorted(set(a) | set(b)):
-        walk(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{path}.{k}")
-    elif a != b:
-      out.append(f"{path}: {a!r} -> {b!r}")
-
-  walk(dict(saved), to_json(current), "config")
-  return out
-
-
 def from_json(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The inverse of `to_json`: JSON lists become tuples again, as configs write them."""
 

@@ -120,22 +120,21 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
   # ----------------------------------------------------------------------------
+  config_json = config_lib.to_json(cfg)
   mngr = checkpointing.manager(
     workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing
   )
   start = mngr.latest_step()
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
-    problem = checkpointing.state_mismatch(workdir, start, trainer.abstract_state)
-    if problem:
-      raise checkpointing.CheckpointError(_mismatch(workdir, start, cfg, problem))
-    try:
-      state, ema = checkpointing.restore_train(
-        mngr, start, trainer.abstract_state, trainer.model.abstract_params, data_iter
-      )
-    except (ValueError, TypeError) as e:  # E.g. the data stream's layout differs.
-      mngr.close()
-      raise checkpointing.CheckpointError(_mismatch(workdir, start, cfg, e)) from None
+    state, ema = checkpointing.restore_train(
+      mngr,
+      start,
+      trainer.abstract_state,
+      trainer.model.abstract_params,
+      data_iter,
+      config_json,
+    )
   else:
     start = 0
     state, ema = trainer.init(cfg.seed)
@@ -147,7 +146,6 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   peak, peak_source = flops.device_peak_flops(dtype=trainer.dit_cfg.compute_dtype)
   logging.info("peak %.1f TFLOP/s per device (%s)", peak / 1e12, peak_source)
   row_tokens = cfg.train.global_batch_size * cfg.data.seq_len
-  config_json = config_lib.to_json(cfg)
 
   meter = Meter(row_tokens, peak * jax.device_count())
   last: dict[str, float] = {}
@@ -219,19 +217,6 @@ class Meter:
     self.metrics, self.flops, self.real, self.steps = [], 0.0, 0, 0
     self.t0 = time.perf_counter()
     return out
-
-
-def _mismatch(workdir: str, step: int, cfg, error: Exception | str) -> str:
-  """One line: why the workdir's checkpoint cannot resume under `cfg`, and what differs."""
-  _, saved = checkpointing.restore_config(workdir, step)
-  changed = [d for d in config_lib.diff(saved, cfg) if not d.startswith("config.data.data_dir")]
-  shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
-  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-  return (
-    f"--workdir={workdir}: its checkpoint (step {step}) does not fit this config ({reason}). "
-    f"Changed since it was saved: {shown or 'nothing in the config'}. Resume with the config "
-    "it was saved with, or train into a new --workdir; the checkpoint is left as it is."
-  )
 
 
 def main(argv: Sequence[str]) -> None:

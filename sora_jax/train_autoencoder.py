@@ -123,6 +123,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
   # ----------------------------------------------------------------------------
+  config_json = config_lib.to_json(cfg)
   mngr = checkpointing.manager(
     workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing
   )
@@ -130,13 +131,16 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   if start is not None:
     logging.info("resuming from step %d in %s", start, workdir)
     state, ema = checkpointing.restore_train(
-      mngr, start, trainer.abstract_state, trainer.model.abstract_params, data_iter
+      mngr,
+      start,
+      trainer.abstract_state,
+      trainer.model.abstract_params,
+      data_iter,
+      config_json,
     )
   else:
     start = 0
     state, ema = trainer.init(cfg.seed)
-
-  config_json = config_lib.to_json(cfg)
 
   def evaluate(step: int) -> dict[str, float]:
     psnr, ssim = [], []

@@ -15,6 +15,7 @@ from data_pipelines import cache_latents, clips, media, pipeline, schema, shards
 from experiments import autoencoder_tiny, dit_tiny
 from sora_jax import (
   autoencoder_trainer,
+  checkpointing,
   config_lib,
   factory,
   image_metrics,
@@ -101,6 +102,23 @@ def test_autoencoder_training_resumes_from_its_checkpoint(ae_workdir, data_dir, 
   train_autoencoder.train(cfg, workdir)
   steps = [r["step"] for r in metrics.read_jsonl(os.path.join(workdir, "tensorboard"))]
   assert steps == [4, 8, 12, 16]
+
+
+def test_autoencoder_resuming_under_another_model_names_what_changed(
+  ae_workdir, data_dir, tmp_path
+):
+  workdir = str(tmp_path / "ae")
+  shutil.copytree(ae_workdir, workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  cfg = autoencoder_tiny.get_config()
+  cfg.data.data_dir = data_dir
+  cfg.loss.update(adv=0.1, adv_start=7)
+  cfg.model.latent_channels = 8
+  cfg.train.update(num_steps=16, log_every=4, eval_every=8, checkpoint_every=8)
+  with pytest.raises(checkpointing.CheckpointError, match="does not fit this config") as e:
+    train_autoencoder.train(cfg, workdir)
+  assert "config.model.latent_channels: 4 -> 8" in str(e.value)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
 def test_bad_autoencoder_configs_fail_with_one_line(data_dir, tmp_path):
