@@ -7,23 +7,22 @@ For each worker count it times `num_batches` packed batches of the config's
 training pipeline (rows/s, real tokens/s, real-token fraction). Then it takes
 the same examples and pads each alone to the smallest of the bucket lengths
 L/8, L/4, L/2, L (what bucketing trainers do), and to the full row L, and
-reports their real-token fractions. Without --data_dir a built-in synthetic
-dataset is generated in a temporary directory first.
+reports their real-token fractions (data_pipelines.throughput). Without
+--data_dir a built-in synthetic dataset is generated in a temporary directory
+first. Pixel-space configs only: a latent-space config's geometry needs its
+autoencoder, so `python -m sora_jax.benchmark --input_pipeline` measures those.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import pipeline, synthetic, tokenizer
+from data_pipelines import synthetic, throughput, tokenizer
 
 FLAGS = flags.FLAGS
 
@@ -37,81 +36,17 @@ def define_flags() -> None:
   flags.DEFINE_string("output_json", None, "Also write the results here.")
 
 
-def time_packed(cfg, data_dir: str, workers: int, num_batches: int) -> dict[str, float]:
-  from sora_jax import factory  # The geometry comes from the model and latent config.
-
-  opts = factory.options(cfg)
-  opts = pipeline.Options(**{**opts.__dict__, "num_workers": workers})
-  source, decode = pipeline.open_source(cfg.data.source, data_dir, cfg.data.split)
-  tok = tokenizer.load(data_dir)
-  tokenize = pipeline.Tokenize(opts, factory.geometry(cfg), tok, decode_record=decode)
-  ds = pipeline.make_dataset(source, tokenize, batch_size=cfg.train.global_batch_size, seed=0)
-  it = iter(ds)
-  next(it)  # Start-up (workers, first packing round) is not timed.
-  real = total = 0
-  t0 = time.perf_counter()
-  for _ in range(num_batches):
-    batch = next(it)
-    real += int((batch["segment_ids"] > 0).sum())
-    total += batch["segment_ids"].size
-  dt = time.perf_counter() - t0
-  rows = num_batches * cfg.train.global_batch_size
-  return {"rows_per_s": rows / dt, "tokens_per_s": real / dt, "real_token_fraction": real / total}
-
-
-def padded_fractions(cfg, data_dir: str, num_examples: int) -> dict[str, float]:
-  """Real-token fractions of the same kind of examples padded one per row."""
-  from sora_jax import factory
-
-  opts = factory.options(cfg)
-  source, decode = pipeline.open_source(cfg.data.source, data_dir, cfg.data.split)
-  tokenize = pipeline.Tokenize(opts, factory.geometry(cfg), tokenizer.load(data_dir), decode)
-  rng = np.random.default_rng(0)
-  lengths = []
-  for i in range(num_examples):
-    ex = tokenize(source[i % len(source)], rng)
-    if ex is not None:
-      lengths.append(len(ex["tokens"]))
-  lengths = np.asarray(lengths)
-  buckets = np.asarray(pipeline.bucket_lengths(opts.seq_len))
-  padded = buckets[np.searchsorted(buckets, lengths)]
-  return {
-    "bucketed_real_token_fraction": float(lengths.sum() / padded.sum()),
-    "one_per_row_real_token_fraction": float(lengths.mean() / opts.seq_len),
-    "mean_example_tokens": float(lengths.mean()),
-    "buckets": buckets.tolist(),
-  }
-
-
-def report(result: dict, output_json: str | None = None) -> None:
-  """Prints a result table (shared by the benchmark binaries) and optionally writes JSON."""
-  width = max(map(len, result))
-  for k, v in result.items():
-    print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-  if output_json:
-    with open(output_json, "w") as f:
-      json.dump(result, f, indent=2)
-
-
 def run(
   cfg, data_dir: str | None, num_batches: int, workers: list[int], synthetic_examples: int = 4000
 ) -> dict:
+  geom = throughput.pixel_geometry(cfg)
   if not data_dir:
     data_dir = tempfile.mkdtemp(prefix="sora_jax_data_bench_")
     synthetic.generate(
       synthetic.Options(output_dir=data_dir, num_examples=synthetic_examples), False
     )
     tokenizer.train(data_dir, vocab_size=128)
-  result = {
-    "data_dir": data_dir,
-    "seq_len": cfg.data.seq_len,
-    "rows_per_batch": cfg.train.global_batch_size,
-  }
-  for w in workers:
-    for k, v in time_packed(cfg, data_dir, w, num_batches).items():
-      result[f"{k}@{w}_workers"] = v
-  result.update(padded_fractions(cfg, data_dir, num_batches * cfg.train.global_batch_size))
-  return result
+  return throughput.measure(cfg, geom, data_dir, num_batches, workers)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -127,7 +62,7 @@ def main(argv: Sequence[str]) -> None:
     result = run(FLAGS.config, FLAGS.data_dir, FLAGS.num_batches, workers, FLAGS.synthetic_examples)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  report(result, FLAGS.output_json)
+  throughput.report(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

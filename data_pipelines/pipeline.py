@@ -76,6 +76,11 @@ class Options:
     """Lt: caption tokens per packed row."""
     return self.max_examples_per_row * self.max_text_len
 
+  @property
+  def num_segments(self) -> int:
+    """Segment ids 0 (padding) .. K (max examples per row)."""
+    return self.max_examples_per_row + 1
+
   def validate(self) -> None:
     if self.max_tokens_per_example > self.seq_len:
       raise ValueError(
@@ -201,7 +206,7 @@ class Tokenize:
       raise ValueError(
         f"{ex.source_id}: cached at {ex.num_frames}x{ex.height}x{ex.width} (frames x height x "
         f"width) but this config's data options choose {size[0]}x{size[1]}x{size[2]}; cache "
-        "again with this config (data_pipelines.cache_latents --config=...)"
+        "again with this config (sora_jax.cache_latents --config=...)"
       )
     want = (*self.geom.latent_shape(*size), 2 * self.geom.channels)
     if tuple(ex.latent_shape) != want:

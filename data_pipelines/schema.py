@@ -11,7 +11,7 @@ built-in synthetic clips use because flat colours compress losslessly and decode
 far faster than any video codec.
 
 A *cached latent* record (`media_format` "latent", written by
-data_pipelines.cache_latents) holds instead the autoencoder posterior of the
+sora_jax.cache_latents) holds instead the autoencoder posterior of the
 clip: zlib-compressed float32 `[t, h, w, 2C]`, the mean then the log-variance
 on the last axis, with `latent_shape` = (t, h, w, 2C); num_frames, height and
 width are the pixel size that was encoded.

@@ -1,6 +1,6 @@
 """The shared base of video autoencoder configs (`python -m sora_jax.train_autoencoder`).
 
-Presets override a few fields. `sora_jax.autoencoder_trainer.validate` checks
+Presets override a few fields. `sora_jax.training.validation.validate_autoencoder` checks
 the whole config before anything compiles.
 """
 

@@ -1,6 +1,6 @@
 """The one shared base config. Presets and experiments override a few fields.
 
-Every field is read by exactly one library module; `sora_jax.config_lib`
+Every field is read by exactly one library module; `sora_jax.training.validation`
 validates the whole config before anything compiles.
 """
 
@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     worker_buffer_size=2,
   )
 
-  # Latent stage (sora_jax.latent): "pixel" is the identity; "autoencoder" is a
+  # Latent stage (sora_jax.diffusion.latent): "pixel" is the identity; "autoencoder" is a
   # trained video autoencoder (sora_jax.train_autoencoder) in `autoencoder`.
   c.latent = dict(
     kind="pixel",
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     text=dict(width=512, depth=4, heads=8, mlp_ratio=4.0),
   )
 
-  # Rectified flow (sora_jax.flow.FlowConfig).
+  # Rectified flow (sora_jax.diffusion.flow.FlowConfig).
   c.flow = dict(
     logit_mean=0.0,
     logit_std=1.0,
@@ -71,11 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
     shift_power=0.5,
     shift_min=0.5,
     shift_max=8.0,
-    prediction="velocity",  # or "data": the network outputs x0 (see sora_jax/flow.py).
+    prediction="velocity",  # or "data": the network outputs x0 (see sora_jax/diffusion/flow.py).
     min_t=0.05,
   )
 
-  # Optimizer (sora_jax.optim).
+  # Optimizer (sora_jax.training.optim).
   c.optim = dict(
     lr=1e-4,
     warmup_steps=1000,

@@ -36,7 +36,7 @@ def get_config(arg=None):
   )
   c.model.text.update(width=128, depth=2, heads=2)
   # Pixel patches are wider than the model: predicting the clean patch (x0) works
-  # where predicting velocity gives noise-like samples; see sora_jax/flow.py.
+  # where predicting velocity gives noise-like samples; see sora_jax/diffusion/flow.py.
   c.flow.update(shift_base_tokens=32, prediction="data", min_t=0.5)
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.999)
   c.train.update(

@@ -2,7 +2,7 @@
 
   python -m sora_jax.train_autoencoder --config=experiments/autoencoder_demo.py --workdir=out/ae \
       --config.data.data_dir=out/demo/data
-  python -m data_pipelines.cache_latents --autoencoder_workdir=out/ae --data_dir=out/demo/data \
+  python -m sora_jax.cache_latents --autoencoder_workdir=out/ae --data_dir=out/demo/data \
       --output_dir=out/demo/latents --config=experiments/demo_latent.py
   python -m sora_jax.train --config=experiments/demo_latent.py --workdir=out/demo_latent \
       --config.data.data_dir=out/demo/latents --config.latent.stats_file=out/demo/latents/latent_stats.json

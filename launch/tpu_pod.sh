@@ -5,7 +5,7 @@
 #       --config=experiments/dit_xl.py --workdir=gs://BUCKET/runs/xl
 #
 # The first argument is the module to run (`python -m MODULE`); every other argument is passed
-# to it unchanged. jax finds the pod's hosts itself (sora_jax.distributed source "tpu"), so no
+# to it unchanged. jax finds the pod's hosts itself (sora_jax.core.distributed source "tpu"), so no
 # coordinator flags are needed. The workdir must be visible to every host: a gs:// bucket or a
 # shared filesystem, not a local path.
 #

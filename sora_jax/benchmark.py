@@ -8,10 +8,16 @@ examples padded to bucket lengths instead (one example per row, the tokens per
 batch kept equal by raising the rows per batch for shorter buckets, one
 compiled step per bucket, compile time excluded) and prints the ratio of useful
 tokens per second, packed over padded. FLOPs count real tokens only
-(sora_jax.flops), so both layouts are credited the same useful work.
+(sora_jax.core.flops), so both layouts are credited the same useful work.
 
 Without --config.data.data_dir a small built-in synthetic dataset is generated
 in a temporary directory first.
+
+The input pipeline alone (packing efficiency and throughput, as
+`data_pipelines.benchmark` measures it, for pixel or latent configs):
+
+  python -m sora_jax.benchmark --config=experiments/demo_latent.py --input_pipeline \
+      --config.data.data_dir=CACHE   # cached latents (sora_jax.cache_latents)
 
 Parallelism layouts:
 
@@ -45,10 +51,12 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import benchmark as data_benchmark
-from data_pipelines import pipeline, synthetic, tokenizer
-from sora_jax import config_lib, distributed, factory, flops, input_pipeline, sharding
-from sora_jax.trainer import Trainer
+from data_pipelines import pipeline, synthetic, throughput, tokenizer
+from sora_jax.core import configs, distributed, flops, sharding
+from sora_jax.diffusion import latent
+from sora_jax.models import dit
+from sora_jax.training import input_pipeline, validation
+from sora_jax.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -61,6 +69,14 @@ def define_flags() -> None:
   flags.DEFINE_bool("padded", True, "Also time the padded-bucket layout.")
   flags.DEFINE_integer("synthetic_examples", 2000, "Size of the generated dataset.")
   flags.DEFINE_string("output_json", None, "Also write the results here.")
+  flags.DEFINE_bool(
+    "input_pipeline",
+    False,
+    "Measure the input pipeline instead (packing efficiency and throughput, packed against "
+    "bucketed: data_pipelines.benchmark's measurements, with the geometry of any latent stage).",
+  )
+  flags.DEFINE_integer("num_batches", 50, "--input_pipeline: batches timed per worker count.")
+  flags.DEFINE_list("workers", ["0", "2"], "--input_pipeline: worker process counts to time.")
   flags.DEFINE_string(
     "layouts",
     None,
@@ -154,16 +170,16 @@ def run(
   if layouts:
     return run_layouts(cfg, layouts, steps, warmup, synthetic_examples)
   ensure_data(cfg, synthetic_examples)
-  config_lib.validate(cfg)
+  validation.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
-  config_lib.check_batch_layout(cfg, mesh, jax.process_count())
+  validation.check_batch_layout(cfg, mesh, jax.process_count())
   tok = tokenizer.load(cfg.data.data_dir)
   trainer = Trainer(cfg, mesh, tok.vocab_size)
   peak, peak_source = flops.device_peak_flops(dtype=trainer.dit_cfg.compute_dtype)
   total_peak = peak * jax.device_count()
 
   # Packed: batches straight from the training pipeline.
-  dataset = input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)
+  dataset = input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)
   it = iter(dataset)
   batches = [next(it) for _ in range(warmup + steps)]
   dt, useful, real = time_steps(trainer, batches, warmup)
@@ -184,8 +200,8 @@ def run(
 
   if padded:
     # The same examples the packed steps saw, one per row, padded to buckets.
-    opts = factory.options(cfg)
-    tokenize = pipeline.Tokenize(opts, factory.geometry(cfg), tok)
+    opts = pipeline.Options.from_config(cfg.data)
+    tokenize = pipeline.Tokenize(opts, latent.geometry_for(cfg), tok)
     source, _ = pipeline.open_source(cfg.data.source, cfg.data.data_dir, cfg.data.split)
     rng = np.random.default_rng(0)
     n_examples = int(sum(b["segment_ids"].max(axis=1).sum() for b in batches[warmup:]))
@@ -202,6 +218,19 @@ def run(
       packed_over_padded=(real / dt) / (preal / pdt),
     )
   return result
+
+
+def run_input_pipeline(cfg, num_batches: int, workers: Sequence[str], synthetic_examples: int):
+  """data_pipelines.throughput's measurements with the config's stage geometry (pixel or latent)."""
+  try:
+    counts = [int(w) for w in workers]
+  except ValueError:
+    raise ValueError(f"--workers={','.join(workers)}: expected integers") from None
+  if num_batches < 1:
+    raise ValueError(f"--num_batches={num_batches}: must be at least 1")
+  ensure_data(cfg, synthetic_examples)
+  validation.validate(cfg)
+  return throughput.measure(cfg, latent.geometry_for(cfg), cfg.data.data_dir, num_batches, counts)
 
 
 # ------------------------------------------------------------------------------
@@ -267,22 +296,22 @@ def run_layouts(
 ) -> dict:
   """Packed throughput per mesh layout on the same batches; see the module docstring."""
   ensure_data(cfg, synthetic_examples)
-  config_lib.validate(cfg)
+  validation.validate(cfg)
   layouts = with_baseline(layouts)
   meshes = []
   for layout in layouts:  # Every layout is checked before anything runs.
     mesh = layout_mesh(layout)
     try:
-      config_lib.check_batch_layout(cfg, mesh, jax.process_count())
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"--layouts: {layout_name(layout)}: {e}") from None
+      validation.check_batch_layout(cfg, mesh, jax.process_count())
+    except configs.ConfigError as e:
+      raise configs.ConfigError(f"--layouts: {layout_name(layout)}: {e}") from None
     meshes.append(mesh)
 
   tok = tokenizer.load(cfg.data.data_dir)
-  dataset = input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)
+  dataset = input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)
   it = iter(dataset)
   batches = [next(it) for _ in range(warmup + steps)]
-  dtype = factory.dit_config(cfg, tok.vocab_size).compute_dtype
+  dtype = dit.DTYPES[cfg.model.dtype]
   peak, peak_source = flops.device_peak_flops(dtype=dtype)
   rows = []
   for layout, mesh in zip(layouts, meshes):
@@ -353,19 +382,27 @@ def main(argv: Sequence[str]) -> None:
   distributed.initialize_from_flags()
   try:
     layouts = parse_layouts(FLAGS.layouts) if FLAGS.layouts is not None else None
+    if FLAGS.input_pipeline:
+      throughput.report(
+        run_input_pipeline(
+          FLAGS.config, FLAGS.num_batches, FLAGS.workers, FLAGS.synthetic_examples
+        ),
+        FLAGS.output_json,
+      )
+      return
     result = run(
       FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples, layouts
     )
-  except (config_lib.ConfigError, ValueError) as e:
+  except (configs.ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
   if layouts:
-    data_benchmark.report({k: v for k, v in result.items() if k != "layouts"})
+    throughput.report({k: v for k, v in result.items() if k != "layouts"})
     print(format_layouts(result["layouts"]))
     if FLAGS.output_json:
       with open(FLAGS.output_json, "w") as f:
         json.dump(result, f, indent=2)
   else:
-    data_benchmark.report(result, FLAGS.output_json)
+    throughput.report(result, FLAGS.output_json)
 
 
 if __name__ == "__main__":

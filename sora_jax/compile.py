@@ -5,7 +5,7 @@ r"""Ahead-of-time compile of the train step for a target topology, without its h
 
 Builds the train state and a full batch abstractly (shapes and shardings only:
 no parameter is allocated, so a 30B preset compiles on a laptop), compiles the
-real step of sora_jax.trainer for the target mesh and prints per-device memory
+real step of sora_jax.training.trainer for the target mesh and prints per-device memory
 and FLOPs per step. It exits non-zero with one `error: ...` line when the
 config does not compile for the target (a mesh that does not divide the
 devices, a batch that does not divide the batch axes, a sharding mistake) and
@@ -31,8 +31,8 @@ FLOPs per step per device, three ways:
   XLA       the compiled step's cost analysis. It counts a while loop's body
             once: with model.scan_layers a layer stack counts as one layer.
   traced    the matrix products of the traced step with every loop body times
-            its trip count (sora_jax.flops.traced_matmul_flops), over the devices.
-  analytic  sora_jax.flops.step_flops for rows that each hold one example
+            its trip count (sora_jax.core.flops.traced_matmul_flops), over the devices.
+  analytic  sora_jax.core.flops.step_flops for rows that each hold one example
             filling the row (the dense attention the step computes), over the
             devices. remat="full" recomputes the forward, so traced/analytic is
             then about 4/3.
@@ -58,9 +58,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import pipeline, shards, tokenizer
-from sora_jax import config_lib, distributed, factory, flops, sharding
+from sora_jax.core import configs, distributed, flops, sharding
+from sora_jax.diffusion import latent
 from sora_jax.models import attention
-from sora_jax.trainer import Trainer
+from sora_jax.training import validation
+from sora_jax.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -93,7 +95,7 @@ def define_flags() -> None:
     "a100:8, a100-40gb:8).",
   )
   flags.DEFINE_float(
-    "hbm_gb", None, "Memory per device in GiB (default: the device kind's, sora_jax.flops)."
+    "hbm_gb", None, "Memory per device in GiB (default: the device kind's, sora_jax.core.flops)."
   )
   flags.DEFINE_integer(
     "vocab_size", 32000, "Caption vocabulary when the config names no tokenizer or data_dir."
@@ -222,7 +224,7 @@ def vocab_size(cfg, default: int) -> int:
 def abstract_batch(cfg, trainer: Trainer) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch of the config as ShapeDtypeStructs sharded like the step's input."""
   spec = pipeline.batch_spec(
-    factory.options(cfg), factory.geometry(cfg), cfg.train.global_batch_size
+    pipeline.Options.from_config(cfg.data), latent.geometry_for(cfg), cfg.train.global_batch_size
   )
   return {
     k: jax.ShapeDtypeStruct(shape, dtype, sharding=trainer.batch_shardings[k])
@@ -231,7 +233,7 @@ def abstract_batch(cfg, trainer: Trainer) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def full_row_flops(cfg, trainer: Trainer) -> float:
-  """sora_jax.flops' count of a global batch whose rows each hold one row-filling example."""
+  """sora_jax.core.flops' count of a global batch whose rows each hold one row-filling example."""
   b = cfg.train.global_batch_size
   seg = np.ones((b, cfg.data.seq_len), np.int32)
   tseg = np.ones((b, pipeline.Options.from_config(cfg.data).text_len), np.int32)
@@ -263,19 +265,19 @@ def compile_step(
 ) -> dict[str, Any]:
   """Compiles the config's train step for `target`; returns the report.
 
-  Raises config_lib.ConfigError or ValueError for a config that does not fit the
+  Raises ConfigError or ValueError for a config that does not fit the
   target's devices, OutOfMemory when the step exceeds a device's memory, and
   RuntimeError (one line) when XLA rejects the program.
   """
-  config_lib.validate(cfg, for_training=False)
+  validation.validate(cfg, for_training=False)
   devices = target_devices(target)
   kind = device_kind(target, devices)
   hosts = target.hosts or len({d.process_index for d in devices})
   try:
     mesh = sharding.make_mesh(cfg.mesh, devices)
   except ValueError as e:
-    raise config_lib.ConfigError(f"config.mesh: {e} (--topology={target.name})") from None
-  config_lib.check_batch_layout(cfg, mesh, hosts)
+    raise configs.ConfigError(f"config.mesh: {e} (--topology={target.name})") from None
+  validation.check_batch_layout(cfg, mesh, hosts)
   hbm = hbm_gb if hbm_gb is not None else flops.by_device_kind(flops.HBM_GIB, kind)
   peak = flops.by_device_kind(flops.PEAK_TFLOPS, kind)
 
@@ -419,7 +421,7 @@ def main(argv: Sequence[str]) -> None:
       vocab=vocab_size(cfg, FLAGS.vocab_size),
       hbm_gb=FLAGS.hbm_gb,
     )
-  except (config_lib.ConfigError, ValueError, shards.DatasetError, RuntimeError) as e:
+  except (configs.ConfigError, ValueError, shards.DatasetError, RuntimeError) as e:
     sys.exit(f"error: {e}")
   except OutOfMemory as e:
     sys.exit(f"error: out of memory on --topology={target.name}: {e}")

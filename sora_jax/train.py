@@ -24,20 +24,11 @@ from ml_collections import config_flags
 
 from data_pipelines import shards
 from data_pipelines import tokenizer as tokenizer_lib
-from sora_jax import (
-  checkpointing,
-  config_lib,
-  distributed,
-  factory,
-  flops,
-  guard,
-  input_pipeline,
-  latent,
-  metrics,
-  sharding,
-)
-from sora_jax.preemption import Preemption
-from sora_jax.trainer import Trainer
+from sora_jax.core import checkpointing, configs, distributed, flops, metrics, sharding
+from sora_jax.diffusion import latent
+from sora_jax.training import guard, input_pipeline, validation
+from sora_jax.training.preemption import Preemption
+from sora_jax.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -68,13 +59,13 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Config and mesh.
   # ----------------------------------------------------------------------------
-  config_lib.validate(cfg)
+  validation.validate(cfg)
   try:
     mesh = sharding.make_mesh(cfg.mesh)
   except ValueError as e:
-    raise config_lib.ConfigError(f"config.mesh: {e}") from None
+    raise configs.ConfigError(f"config.mesh: {e}") from None
   rules = tuple(cfg.sharding.rules)
-  config_lib.check_batch_layout(cfg, mesh, jax.process_count())
+  validation.check_batch_layout(cfg, mesh, jax.process_count())
   is_writer = jax.process_index() == 0
   logging.info(
     "mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count()
@@ -86,12 +77,12 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   tokenizer = load_tokenizer(cfg)
   if is_writer:
     os.makedirs(workdir, exist_ok=True)
-    shards.atomic_write_json(os.path.join(workdir, "config.json"), config_lib.to_json(cfg))
+    shards.atomic_write_json(os.path.join(workdir, "config.json"), configs.to_json(cfg))
     shutil.copyfile(tokenizer.model_path, os.path.join(workdir, tokenizer_lib.MODEL_NAME))
   writer = metrics.Writer(os.path.join(workdir, "tensorboard"))
 
   # ----------------------------------------------------------------------------
-  # Model, optimizer, train state (sora_jax.trainer) and the input pipeline:
+  # Model, optimizer, train state (sora_jax.training.trainer) and the input pipeline:
   # this process's shard, assembled into global arrays in a prefetch thread.
   # ----------------------------------------------------------------------------
   trainer = Trainer(cfg, mesh, tokenizer.vocab_size)
@@ -102,7 +93,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
     f"{counts['video']:,}",
     f"{counts['text']:,}",
   )
-  stage = factory.stage(cfg)
+  stage = latent.stage_for(cfg)
   if is_writer and isinstance(stage, latent.AutoencoderStage):
     # Sampling decodes with this copy, whatever happens to the original.
     stage.export(os.path.join(workdir, latent.AUTOENCODER_COPY))
@@ -120,7 +111,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
   # ----------------------------------------------------------------------------
-  config_json = config_lib.to_json(cfg)
+  config_json = configs.to_json(cfg)
   mngr = checkpointing.manager(
     workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing
   )
@@ -230,7 +221,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     last = train(FLAGS.config, FLAGS.workdir)
   except (
-    config_lib.ConfigError,
+    configs.ConfigError,
     checkpointing.CheckpointError,
     shards.DatasetError,
     FileNotFoundError,

@@ -27,18 +27,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import clips, media, pipeline, shards
-from sora_jax import autoencoder_trainer as aet
-from sora_jax import (
-  checkpointing,
-  config_lib,
-  distributed,
-  guard,
-  input_pipeline,
-  metrics,
-  sharding,
-)
-from sora_jax.latent import to_uint8
-from sora_jax.preemption import Preemption
+from sora_jax.core import checkpointing, configs, distributed, metrics, sharding
+from sora_jax.diffusion import latent
+from sora_jax.training import autoencoder_trainer as aet
+from sora_jax.training import guard, input_pipeline, validation
+from sora_jax.training.preemption import Preemption
 
 FLAGS = flags.FLAGS
 
@@ -73,7 +66,7 @@ def side_by_side(video: np.ndarray, recon: np.ndarray, max_clips: int = 4, max_f
   for v, r in zip(video[:max_clips], recon[:max_clips], strict=True):
     idx = np.linspace(0, v.shape[0] - 1, min(max_frames, v.shape[0])).round().astype(int)
     for clip in (v, r):
-      frames = [to_uint8(clip[i]) for i in idx]
+      frames = [latent.to_uint8(clip[i]) for i in idx]
       rows.append(np.concatenate(frames, axis=1))
   width = max(r.shape[1] for r in rows)
   rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
@@ -92,19 +85,19 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Config and mesh.
   # ----------------------------------------------------------------------------
-  aet.validate(cfg)
+  validation.validate_autoencoder(cfg)
   try:
     mesh = sharding.make_mesh(cfg.mesh)
   except ValueError as e:
-    raise aet.ConfigError(f"config.mesh: {e}") from None
+    raise configs.ConfigError(f"config.mesh: {e}") from None
   rules = tuple(cfg.sharding.rules)
-  aet.check_batch_layout(cfg, mesh, jax.process_count())
+  validation.check_batch_layout(cfg, mesh, jax.process_count())
   if cfg.data.source == "array_record":
     shards.read_manifest(cfg.data.data_dir, "config.data.data_dir")
   is_writer = jax.process_index() == 0
   if is_writer:
     os.makedirs(workdir, exist_ok=True)
-    shards.atomic_write_json(os.path.join(workdir, "config.json"), config_lib.to_json(cfg))
+    shards.atomic_write_json(os.path.join(workdir, "config.json"), configs.to_json(cfg))
   writer = metrics.Writer(os.path.join(workdir, "tensorboard"))
 
   # ----------------------------------------------------------------------------
@@ -123,7 +116,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
   # ----------------------------------------------------------------------------
-  config_json = config_lib.to_json(cfg)
+  config_json = configs.to_json(cfg)
   mngr = checkpointing.manager(
     workdir, keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing
   )
@@ -191,8 +184,8 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   else:
     stats = latent_statistics(trainer, ema, cfg, to_device)
     if is_writer:
-      aet.write_stats(os.path.join(workdir, aet.STATS_FILE), stats, step=num_steps)
-      logging.info("latent statistics -> %s", os.path.join(workdir, aet.STATS_FILE))
+      latent.write_stats(os.path.join(workdir, latent.STATS_FILE), stats, step=num_steps)
+      logging.info("latent statistics -> %s", os.path.join(workdir, latent.STATS_FILE))
 
   mngr.wait_until_finished()
   mngr.close()
@@ -204,7 +197,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
 def latent_statistics(trainer, params, cfg, to_device) -> dict:
   """Per-channel shift and scale of the latents of `train.stats_batches` training batches."""
   ds = clip_batches(cfg, cfg.data.split, cfg.seed + 2)
-  stats = aet.LatentStats(trainer.ae_cfg.latent_channels)
+  stats = latent.LatentStats(trainer.ae_cfg.latent_channels)
   for i in range(cfg.train.stats_batches):
     stats.add_moments(*trainer.encode(params, to_device(ds[i])))
   return stats.to_json()
@@ -221,7 +214,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     last = train(FLAGS.config, FLAGS.workdir)
   except (
-    aet.ConfigError,
+    configs.ConfigError,
     shards.DatasetError,
     FileNotFoundError,
     guard.TrainingError,

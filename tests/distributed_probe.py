@@ -3,7 +3,7 @@
   launch/local.sh 2 .venv/bin/python tests/distributed_probe.py
 
 Defines the same distributed flags as the sora_jax binaries, calls
-`sora_jax.distributed.initialize`, gathers every process's index over the real cross-process
+`sora_jax.core.distributed.initialize`, gathers every process's index over the real cross-process
 collectives, and prints its topology as one JSON line.
 """
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str]) -> None:
   import jax.numpy as jnp
   from jax.experimental import multihost_utils
 
-  from sora_jax import distributed
+  from sora_jax.core import distributed
 
   topology = distributed.initialize(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id

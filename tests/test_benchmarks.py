@@ -32,6 +32,10 @@ def test_data_benchmark_reports_packing_against_buckets(tiny_data_dir):
   assert 0 < result["real_token_fraction@0_workers"] <= 1
   assert 0 < result["bucketed_real_token_fraction"] <= 1
   assert result["one_per_row_real_token_fraction"] < result["real_token_fraction@0_workers"]
+  # The training benchmark measures the same input pipeline with the config's stage geometry.
+  same = benchmark.run_input_pipeline(_cfg(tiny_data_dir), 3, ["0"], 0)
+  assert same["real_token_fraction@0_workers"] == result["real_token_fraction@0_workers"]
+  assert same["bucketed_real_token_fraction"] == result["bucketed_real_token_fraction"]
 
 
 def test_training_benchmark_compares_mesh_layouts_on_the_same_batches(tiny_data_dir):

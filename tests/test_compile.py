@@ -90,7 +90,7 @@ def test_topology_names():
 
 
 def test_hbm_and_peak_tables_know_the_device_kinds():
-  from sora_jax import flops
+  from sora_jax.core import flops
 
   kinds = {
     "NVIDIA H100 80GB HBM3": 80,

@@ -7,8 +7,13 @@ import jax
 import pytest
 from flax import nnx
 
-from sora_jax import config_lib, factory, sample, sampling
+from data_pipelines import pipeline
+from sora_jax import sample
+from sora_jax.core import configs
+from sora_jax.diffusion import latent
 from sora_jax.models import dit
+from sora_jax.sampling import sampler as sampling
+from sora_jax.training import validation
 
 # DiT parameters without the text encoder, as the preset docstrings state.
 PRESETS = {
@@ -26,13 +31,18 @@ PRESETS = {
 @pytest.mark.parametrize("name", [*PRESETS, "dit_tiny", "demo", "base"])
 def test_config_validates(name):
   cfg = importlib.import_module(f"experiments.{name}").get_config()
-  config_lib.validate(cfg, for_training=False)
+  validation.validate(cfg, for_training=False)
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_parameter_counts(name):
   cfg = importlib.import_module(f"experiments.{name}").get_config()
-  model = nnx.eval_shape(lambda: dit.DiT(factory.dit_config(cfg, 32000), rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: dit.DiT(
+      dit.DiTConfig.from_config(cfg.model, latent.geometry_for(cfg).patch_dim, 32000),
+      rngs=nnx.Rngs(0),
+    )
+  )
   total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   text = sum(x.size for x in jax.tree.leaves(nnx.state(model.text_encoder, nnx.Param)))
   assert abs((total - text) / PRESETS[name] - 1) < 0.01
@@ -40,7 +50,7 @@ def test_preset_parameter_counts(name):
 
 def test_config_json_round_trip():
   cfg = importlib.import_module("experiments.demo").get_config()
-  back = config_lib.from_json(config_lib.to_json(cfg))
+  back = configs.from_json(configs.to_json(cfg))
   assert back.model.patch == cfg.model.patch
   assert back.sharding.rules == cfg.sharding.rules
   assert back.to_dict() == cfg.to_dict()
@@ -49,7 +59,7 @@ def test_config_json_round_trip():
 def test_demo_prompts_are_sizes_the_demo_trains_on():
   """make demo's prompts are valid requests within the per-example token budget it trains on."""
   cfg = importlib.import_module("experiments.demo").get_config()
-  geom, opts = factory.geometry(cfg), factory.options(cfg)
+  geom, opts = latent.geometry_for(cfg), pipeline.Options.from_config(cfg.data)
   prompts = os.path.join(os.path.dirname(__file__), "..", "experiments", "demo_prompts.jsonl")
   requests = sample.read_requests([], prompts, (8, 32, 32), 0, 1)
   ratios = set()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax import sharding
+from sora_jax.core import sharding
 from sora_jax.models import attention, context_parallel
 
 RULES = (

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from jax._src.clusters import SlurmCluster
 
-from sora_jax import distributed
+from sora_jax.core import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(ROOT, "launch", "local.sh")

@@ -9,7 +9,9 @@ import pytest
 
 from data_pipelines import synthetic, tokenizer
 from experiments import dit_tiny
-from sora_jax import train, word_probe
+from sora_jax import train
+from sora_jax.evaluators import word_probe
+from sora_jax.sampling import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +69,7 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
 
 def test_word_probe_compares_true_and_swapped_words(run):
   workdir, data = run
-  result = word_probe.probe(workdir, data, "background", [0.5, 1.0], batches=1)
+  result = word_probe.evaluate(run_lib.load(workdir), data, "background", [0.5, 1.0], batches=1)
   assert set(result) == {0.5, 1.0}
   for r in result.values():
     assert r["pairs"] > 0 and 0.0 <= r["win_rate"] <= 1.0

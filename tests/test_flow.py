@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax import flow
+from sora_jax.diffusion import flow
 
 
 def test_timesteps_are_constant_within_a_segment_and_in_range():

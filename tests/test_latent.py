@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 from conftest import write_tiny_dataset
 
-from data_pipelines import cache_latents, clips, media, pipeline, schema, shards, tokenizer
+from data_pipelines import clips, media, pipeline, schema, shards, tokenizer
 from experiments import autoencoder_tiny, dit_tiny
-from sora_jax import (
-  autoencoder_trainer,
-  checkpointing,
-  config_lib,
-  factory,
-  image_metrics,
-  input_pipeline,
-  latent,
-  metrics,
-  sample,
-  sampling,
-  train,
-  train_autoencoder,
-)
+from sora_jax import cache_latents, train, train_autoencoder
+from sora_jax.core import checkpointing, configs, image_metrics, metrics
+from sora_jax.diffusion import latent
+from sora_jax.evaluators import reconstruction
+from sora_jax.models import autoencoder as ae
+from sora_jax.sampling import run as run_lib
+from sora_jax.sampling import sampler as sampling
+from sora_jax.training import input_pipeline, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Clips no longer than the diffusion window (9 frames): cached and on-the-fly batches agree.
@@ -87,7 +81,7 @@ def test_autoencoder_training_lowers_the_loss_and_writes_what_researchers_read(a
   assert by_step[4]["disc_loss"] == 0.0 and by_step[12]["disc_loss"] > 0.0
   assert by_step[12]["gen_loss"] != 0.0
   assert os.path.exists(os.path.join(ae_workdir, "reconstructions", "step_0000012.png"))
-  stats = autoencoder_trainer.read_stats(os.path.join(ae_workdir, autoencoder_trainer.STATS_FILE))
+  stats = latent.read_stats(os.path.join(ae_workdir, latent.STATS_FILE))
   assert len(stats["shift"]) == len(stats["scale"]) == 4
   assert all(s > 0 for s in stats["scale"])
 
@@ -218,7 +212,7 @@ def test_cache_writes_latent_records_statistics_and_resumes(cache_dir, data_dir,
   assert ex.media_format == schema.LATENT_FORMAT and ex.captions
   mean, logvar = media.decode_latent(ex)
   assert mean.shape == logvar.shape == (*ex.latent_shape[:3], 4)
-  stats = autoencoder_trainer.read_stats(os.path.join(cache_dir, "latent_stats.json"))
+  stats = latent.read_stats(os.path.join(cache_dir, "latent_stats.json"))
   assert len(stats["scale"]) == 4 and stats["count"] > 0
   # A rerun finds every shard done and encodes nothing; a lost shard is redone.
   shard0 = os.path.join(cache_dir, manifest["splits"]["train"]["shards"][0])
@@ -228,7 +222,7 @@ def test_cache_writes_latent_records_statistics_and_resumes(cache_dir, data_dir,
   again = cache_latents.run(ae_workdir, data_dir, cache_dir, cfg, progress=False)
   assert again["splits"] == manifest["splits"]
   assert pathlib.Path(shard0).read_bytes() == before
-  assert autoencoder_trainer.read_stats(os.path.join(cache_dir, "latent_stats.json")) == stats
+  assert latent.read_stats(os.path.join(cache_dir, "latent_stats.json")) == stats
 
 
 def test_cached_latents_and_on_the_fly_encoding_give_the_same_batches(
@@ -240,7 +234,7 @@ def test_cached_latents_and_on_the_fly_encoding_give_the_same_batches(
     cfg = dit_config(d, ae_workdir)
     cfg.latent.stats_file = stats_file
     tok = tokenizer.load(d)
-    stage = factory.stage(cfg)
+    stage = latent.stage_for(cfg)
     it = iter(input_pipeline.make_dataset(cfg, tok, stage, 0, 1))
     batches.append([next(it) for _ in range(2)])
   for a, b in zip(*batches, strict=True):
@@ -265,33 +259,36 @@ def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
       sampling.Request("a red square", num_frames=9, height=16, width=24, seed=0),
       sampling.Request("a blue square", num_frames=1, height=24, width=16, seed=1),
     ]
-    videos, _, _ = sample.generate(workdir, requests, steps=2, progress=False)
+    videos = run_lib.generate(run_lib.load(workdir), requests, steps=2, progress=False)
   finally:
     os.rename(moved, ae_workdir)
   assert [v.shape for v in videos] == [(9, 16, 24, 3), (1, 24, 16, 3)]
   assert all(v.dtype == np.uint8 for v in videos)
   # A frame count the 4x temporal compression cannot make is refused.
   with pytest.raises(sampling.RequestError, match="1 \\+ a multiple"):
-    sample.generate(
-      workdir, [sampling.Request("x", num_frames=8, height=16, width=16)], steps=1, progress=False
+    run_lib.generate(
+      run_lib.load(workdir),
+      [sampling.Request("x", num_frames=8, height=16, width=16)],
+      steps=1,
+      progress=False,
     )
 
 
 def test_configs_that_do_not_match_the_cache_are_refused(cache_dir, ae_workdir):
   cfg = dit_config(cache_dir, ae_workdir)
   cfg.latent.kind = "pixel"
-  with pytest.raises(config_lib.ConfigError, match="cached latents"):
-    config_lib.validate(cfg)
+  with pytest.raises(configs.ConfigError, match="cached latents"):
+    validation.validate(cfg)
   cfg = dit_config(cache_dir, ae_workdir, max_frames=5)
-  with pytest.raises(config_lib.ConfigError, match="max_frames"):
-    config_lib.validate(cfg)
+  with pytest.raises(configs.ConfigError, match="max_frames"):
+    validation.validate(cfg)
   cfg = dit_config(cache_dir, "/nonexistent/ae")
-  with pytest.raises(config_lib.ConfigError, match="no checkpoints"):
-    config_lib.validate(cfg)
+  with pytest.raises(configs.ConfigError, match="no checkpoints"):
+    validation.validate(cfg)
 
 
 def test_cache_latents_bad_inputs_give_one_line(data_dir, tmp_path):
-  base = [sys.executable, "-m", "data_pipelines.cache_latents", f"--output_dir={tmp_path}/c"]
+  base = [sys.executable, "-m", "sora_jax.cache_latents", f"--output_dir={tmp_path}/c"]
   for args, want in [
     ([f"--data_dir={data_dir}"], "--autoencoder_workdir is required"),
     ([f"--data_dir={data_dir}", f"--autoencoder_workdir={tmp_path}"], "no checkpoints"),
@@ -330,11 +327,11 @@ def test_latent_records_round_trip_and_validate():
 def test_latent_stats_merge_equals_one_pass():
   rng = np.random.default_rng(0)
   z = rng.normal(2.0, 3.0, (1000, 4))
-  whole = autoencoder_trainer.LatentStats(4)
+  whole = latent.LatentStats(4)
   whole.add(z)
-  parts = autoencoder_trainer.LatentStats(4)
+  parts = latent.LatentStats(4)
   for chunk in np.array_split(z, 7):
-    p = autoencoder_trainer.LatentStats(4)
+    p = latent.LatentStats(4)
     p.add(chunk)
     parts.merge(p.n, p.mean, p.m2)
   np.testing.assert_allclose(parts.to_json()["shift"], z.mean(0), rtol=1e-9)
@@ -342,11 +339,10 @@ def test_latent_stats_merge_equals_one_pass():
 
 
 def test_autoencoder_benchmark_reports_quality_and_speed(ae_workdir, data_dir, tmp_path):
-  from sora_jax import benchmark_autoencoder
-
   out = str(tmp_path / "bench")
-  r = benchmark_autoencoder.run(
-    ae_workdir, data_dir, split="train", num_clips=6, max_frames=5, photo_size=16, output=out
+  stage = latent.AutoencoderStage(ae_workdir, stats_file=None)
+  r = reconstruction.evaluate(
+    stage, data_dir, split="train", num_clips=6, max_frames=5, photo_size=16, output=out
   )
   d = r["dataset"]
   assert d["psnr"]["n"] == 6 and d["image_psnr"]["n"] + d["video_psnr"]["n"] == 6
@@ -402,7 +398,7 @@ def test_autoencoder_trains_on_two_processes_like_on_one(data_dir, tmp_path):
 
 def test_saved_configs_from_before_shortcuts_restore_networks_without_them():
   cfg = autoencoder_tiny.get_config()
-  assert autoencoder_trainer.model_config(cfg).shortcuts
+  assert ae.AutoencoderConfig.from_config(cfg.model).shortcuts
   old = cfg.to_dict()
   del old["model"]["shortcuts"]  # What a config.json written before the field holds.
-  assert not autoencoder_trainer.model_config(config_lib.from_json(old)).shortcuts
+  assert not ae.AutoencoderConfig.from_config(configs.from_json(old).model).shortcuts

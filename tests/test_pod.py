@@ -10,7 +10,9 @@ import time
 
 import numpy as np
 
-from sora_jax import metrics, sample, sampling
+from sora_jax.core import metrics
+from sora_jax.sampling import run as run_lib
+from sora_jax.sampling import sampler as sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config.train.num_steps=16", "--config.train.checkpoint_every=4"]
@@ -100,10 +102,11 @@ def test_two_processes_killed_resume_on_one_process_with_the_same_losses(tmp_pat
     np.testing.assert_allclose(got[step], want[step], rtol=1e-5, err_msg=f"step {step}")
 
   # And the pod's checkpoint exports to a single device for sampling.
-  videos, _, step = sample.generate(
-    pod, [sampling.Request("a red square", 2, 16, 16, seed=0)], steps=2, progress=False
+  run = run_lib.load(pod)
+  videos = run_lib.generate(
+    run, [sampling.Request("a red square", 2, 16, 16, seed=0)], steps=2, progress=False
   )
-  assert step == 16 and videos[0].shape == (2, 16, 16, 3)
+  assert run.step == 16 and videos[0].shape == (2, 16, 16, 3)
 
 
 def test_sigterm_saves_at_a_step_boundary_and_exits_zero(tmp_path, tiny_data_dir):

@@ -10,7 +10,9 @@ from PIL import Image
 
 from data_pipelines import media
 from experiments import dit_tiny
-from sora_jax import sample, sampling, train
+from sora_jax import train
+from sora_jax.sampling import run as run_lib
+from sora_jax.sampling import sampler as sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,19 +35,21 @@ def test_sampler_returns_requested_shapes(workdir):
     sampling.Request("a green square", 2, 24, 24, seed=2),  # 1:1
     sampling.Request("a red square", 1, 16, 48, seed=3),  # an image
   ]
-  videos, _, step = sample.generate(workdir, requests, steps=2, progress=False)
-  assert step == 4
+  run = run_lib.load(workdir)
+  videos = run_lib.generate(run, requests, steps=2, progress=False)
+  assert run.step == 4
   for req, video in zip(requests, videos, strict=True):
     assert video.shape == (req.num_frames, req.height, req.width, 3)
     assert video.dtype == np.uint8
 
 
 def test_a_request_does_not_depend_on_what_shares_its_row(workdir):
-  alone, _, _ = sample.generate(
-    workdir, [sampling.Request("a red square", 2, 16, 16, seed=7)], steps=2, progress=False
+  run = run_lib.load(workdir)
+  alone = run_lib.generate(
+    run, [sampling.Request("a red square", 2, 16, 16, seed=7)], steps=2, progress=False
   )
-  packed, _, _ = sample.generate(
-    workdir,
+  packed = run_lib.generate(
+    run,
     # 72 + 32 tokens: both requests share one 128-token row.
     [
       sampling.Request("a blue square", 3, 16, 24, seed=1),

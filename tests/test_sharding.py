@@ -7,8 +7,10 @@ from jax.sharding import PartitionSpec as P
 
 from data_pipelines import tokenizer
 from experiments import dit_tiny
-from sora_jax import factory, input_pipeline, sharding
-from sora_jax.trainer import Trainer
+from sora_jax.core import sharding
+from sora_jax.diffusion import latent
+from sora_jax.training import input_pipeline
+from sora_jax.training.trainer import Trainer
 
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"))
 
@@ -52,7 +54,7 @@ def _two_steps(cfg, mesh, batch, vocab):
 def test_loss_on_one_device_equals_loss_on_eight_sharded(tiny_data_dir):
   cfg = _config(tiny_data_dir)
   tok = tokenizer.load(tiny_data_dir)
-  batch = next(iter(input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)))
+  batch = next(iter(input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)))
 
   one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
   _, state1, losses1, _ = _two_steps(cfg, one, batch, tok.vocab_size)
@@ -82,7 +84,7 @@ def test_context_parallel_training_matches_one_device(tiny_data_dir):
   """The same two steps with the sequence split over 4 context devices."""
   cfg = _config(tiny_data_dir)
   tok = tokenizer.load(tiny_data_dir)
-  batch = next(iter(input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)))
+  batch = next(iter(input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)))
   one = sharding.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
   _, _, losses1, _ = _two_steps(cfg, one, batch, tok.vocab_size)
   cp = sharding.make_mesh({"data": 2, "context": 4})

@@ -13,8 +13,10 @@ import pytest
 
 from data_pipelines import tokenizer
 from experiments import dit_tiny
-from sora_jax import factory, input_pipeline, metrics, sharding
-from sora_jax.trainer import Trainer
+from sora_jax.core import metrics, sharding
+from sora_jax.diffusion import latent
+from sora_jax.training import input_pipeline
+from sora_jax.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +52,7 @@ def test_training_overfits_a_tiny_batch(tiny_data_dir):
   tok = tokenizer.load(tiny_data_dir)
   mesh = sharding.make_mesh({"fsdp": -1})
   trainer = Trainer(cfg, mesh, tok.vocab_size)
-  batch = next(iter(input_pipeline.make_dataset(cfg, tok, factory.stage(cfg), 0, 1)))
+  batch = next(iter(input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)))
   gb = sharding.global_batch(batch, mesh, trainer.rules)
   state, ema = trainer.init(0)
   losses = []

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +74,17 @@ class AutoencoderConfig:
   shortcuts: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
+
+  @classmethod
+  def from_config(cls, model_cfg: Mapping[str, Any]) -> AutoencoderConfig:
+    """From an autoencoder config's `model` section (or a saved run's, read back from JSON)."""
+    m = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+    m["channel_mults"] = tuple(m["channel_mults"])
+    m["temporal_down"] = tuple(bool(t) for t in m["temporal_down"])
+    # Every config from experiments/autoencoder_base.py names `shortcuts`; a saved config
+    # without it predates them, and its checkpoint is a network without shortcuts.
+    m.setdefault("shortcuts", False)
+    return cls(**m)
 
   def __post_init__(self):
     if len(self.temporal_down) != len(self.channel_mults) - 1:

@@ -29,7 +29,7 @@ import functools
 import jax
 from jax.sharding import PartitionSpec as P
 
-from sora_jax import sharding
+from sora_jax.core import sharding
 from sora_jax.models import attention as attention_lib
 
 SCHEMES = ("all_gather", "ulysses")

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sora_jax import sharding
+from sora_jax.core import sharding
 from sora_jax.models import layers, rope, stack
 from sora_jax.models.text_encoder import SmallTextEncoder, TextConfig
 

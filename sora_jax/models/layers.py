@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sora_jax import sharding
+from sora_jax.core import sharding
 from sora_jax.models import context_parallel
 
 # Parameters get their shardings from the config's rules when the model is

@@ -12,8 +12,10 @@ exported beside a diffusion run). Its latents are normalized per channel,
   latent = (z - shift) * scale,   z ~ q(z | video) = N(mean, exp(logvar)),
 
 with `shift` and `scale` from the directory's latent_stats.json (or a file
-named by `latent.stats_file`, e.g. the one `data_pipelines.cache_latents`
-writes), so the diffusion transformer sees roughly unit-variance inputs.
+named by `latent.stats_file`, e.g. the one `sora_jax.cache_latents` writes),
+so the diffusion transformer sees roughly unit-variance inputs. `LatentStats`
+estimates them; `stage_for` and `geometry_for` give a diffusion config's stage
+and token geometry.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
+import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
-from data_pipelines import sizing
+from data_pipelines import shards, sizing
+from sora_jax.core import checkpointing
+from sora_jax.models import autoencoder
 
 AUTOENCODER_COPY = "autoencoder"  # The autoencoder's copy inside a diffusion workdir.
+STATS_FILE = (
+  "latent_stats.json"  # Per-channel shift and scale, beside an autoencoder's checkpoints.
+)
 
 
 class LatentStage(Protocol):
@@ -65,15 +74,10 @@ class AutoencoderStage:
 
   def __init__(self, directory: str, step: int | None = None, stats_file: str | None = ""):
     """`stats_file`: "" reads DIR/latent_stats.json; None normalizes with shift 0, scale 1."""
-    from flax import nnx
-
-    from sora_jax import autoencoder_trainer, checkpointing, config_lib
-    from sora_jax.models import autoencoder
-
     self.directory = directory
     self.step, config = checkpointing.restore_config(directory, step)
     self.config = config
-    self.ae_cfg = autoencoder_trainer.model_config(config_lib.from_json(config))
+    self.ae_cfg = autoencoder.AutoencoderConfig.from_config(config["model"])
     abstract = nnx.eval_shape(lambda: autoencoder.VideoAutoencoder(self.ae_cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
     device = jax.local_devices()[0]
@@ -91,13 +95,13 @@ class AutoencoderStage:
         },
       )
     else:
-      self.stats_file = stats_file or os.path.join(directory, autoencoder_trainer.STATS_FILE)
+      self.stats_file = stats_file or os.path.join(directory, STATS_FILE)
       if not os.path.exists(self.stats_file):
         raise FileNotFoundError(
           f"{self.stats_file}: no latent statistics; finish training the autoencoder or run "
-          "data_pipelines.cache_latents, and name its file with latent.stats_file"
+          "sora_jax.cache_latents, and name its file with latent.stats_file"
         )
-      self.stats = autoencoder_trainer.read_stats(self.stats_file)
+      self.stats = read_stats(self.stats_file)
     self.shift = np.asarray(self.stats["shift"], np.float32)
     self.scale = np.asarray(self.stats["scale"], np.float32)
     self.compression = (
@@ -122,8 +126,6 @@ class AutoencoderStage:
 
   def module(self):
     """The autoencoder as an nnx module holding the restored weights (for chunked or tiled use)."""
-    from flax import nnx
-
     return nnx.merge(self.graphdef, self.params)
 
   def moments(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +156,6 @@ class AutoencoderStage:
 
     The copy holds just what sampling reads; an existing copy is left as it is.
     """
-    from data_pipelines import shards
-    from sora_jax import checkpointing
-
     if os.path.isdir(directory):
       return
     tmp = directory + ".tmp"
@@ -166,7 +165,7 @@ class AutoencoderStage:
     shutil.copytree(
       src, dst, ignore=lambda d, names: {"state", "data"} & set(names) if d == src else ()
     )
-    shards.atomic_write_json(os.path.join(tmp, "latent_stats.json"), self.stats)
+    shards.atomic_write_json(os.path.join(tmp, STATS_FILE), self.stats)
     shards.atomic_write_json(os.path.join(tmp, "config.json"), self.config)
     os.replace(tmp, directory)
 
@@ -177,14 +176,12 @@ def stage_shape(
   """(compression, channels) of the stage a config names, from the autoencoder's config.json."""
   if latent_cfg.get("kind", "pixel") != "autoencoder":
     return PixelStage.compression, PixelStage.channels
-  from sora_jax import autoencoder_trainer, config_lib
-
   directory = directory or latent_cfg.get("autoencoder", "")
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no autoencoder config (latent.autoencoder={directory!r})")
   with open(path) as f:
-    ae = autoencoder_trainer.model_config(config_lib.from_json(json.load(f)))
+    ae = autoencoder.AutoencoderConfig.from_config(json.load(f)["model"])
   return (ae.temporal_factor, ae.spatial_factor, ae.spatial_factor), ae.latent_channels
 
 
@@ -216,3 +213,101 @@ def geometry(stage: LatentStage, patch) -> sizing.Geometry:
 def to_uint8(video: np.ndarray) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels."""
   return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------
+# A diffusion config's stage and token geometry.
+# ------------------------------------------------------------------------------
+
+
+def cached_latents(cfg: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The "latent" entry of a cached-latent dataset's manifest, or None."""
+  d = cfg.data
+  if d.source != "array_record" or not d.data_dir:
+    return None
+  try:
+    return shards.read_manifest(d.data_dir).get("latent")
+  except shards.DatasetError:
+    return None
+
+
+def stage_for(cfg: ml_collections.ConfigDict, directory: str | None = None) -> LatentStage:
+  """The config's latent stage; `directory` overrides the autoencoder (e.g. a run's copy).
+
+  Training on cached latents without latent.stats_file normalizes with the
+  statistics the cache was made with.
+  """
+  lat = dict(cfg.latent)
+  if lat.get("kind") == "autoencoder" and not lat.get("stats_file") and directory is None:
+    cached = cached_latents(cfg)
+    if cached:
+      lat["stats_file"] = os.path.join(cfg.data.data_dir, cached["stats_file"])
+  return make_stage(lat, directory)
+
+
+def geometry_for(
+  cfg: ml_collections.ConfigDict, stage: LatentStage | None = None
+) -> sizing.Geometry:
+  """Token geometry; without a stage, read from the latent stage's config (no weights loaded)."""
+  if stage is not None:
+    return geometry(stage, cfg.model.patch)
+  compression, channels = stage_shape(cfg.latent)
+  return sizing.Geometry(tuple(int(p) for p in cfg.model.patch), compression, channels)
+
+
+# ------------------------------------------------------------------------------
+# Latent statistics.
+# ------------------------------------------------------------------------------
+
+
+class LatentStats:
+  """Running per-channel mean and variance of latent samples (Chan et al.'s parallel update)."""
+
+  def __init__(self, channels: int):
+    self.n = 0
+    self.mean = np.zeros(channels, np.float64)
+    self.m2 = np.zeros(channels, np.float64)
+
+  def merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+    """Adds another accumulator's (count, mean, sum of squared deviations)."""
+    total = self.n + n
+    if total == 0:
+      return
+    delta = np.asarray(mean, np.float64) - self.mean
+    self.mean = self.mean + delta * n / total
+    self.m2 = self.m2 + np.asarray(m2, np.float64) + delta**2 * self.n * n / total
+    self.n = total
+
+  def add(self, z: np.ndarray) -> None:
+    """Adds latents `[..., C]`."""
+    x = np.asarray(z, np.float64).reshape(-1, self.mean.size)
+    mean = x.mean(0)
+    self.merge(x.shape[0], mean, ((x - mean) ** 2).sum(0))
+
+  def add_moments(self, mean: np.ndarray, logvar: np.ndarray) -> None:
+    """Adds the posterior q(z|x) = N(mean, exp(logvar)): its mean plus its spread."""
+    self.add(mean)
+    # Var[z] = Var[mean] + E[exp(logvar)]; the second term enters as extra spread.
+    extra = np.exp(np.asarray(logvar, np.float64)).reshape(-1, self.mean.size).mean(0)
+    n = np.asarray(mean).reshape(-1, self.mean.size).shape[0]
+    self.m2 = self.m2 + extra * n
+
+  def to_json(self) -> dict[str, Any]:
+    std = np.sqrt(self.m2 / max(self.n, 1))
+    return {
+      "shift": [float(v) for v in self.mean],
+      "scale": [float(1.0 / max(s, 1e-6)) for s in std],
+      "count": int(self.n),
+    }
+
+
+def write_stats(path: str, stats: Mapping[str, Any], **extra: Any) -> None:
+  shards.atomic_write_json(path, {**stats, **extra})
+
+
+def read_stats(path: str) -> dict[str, Any]:
+  with open(path) as f:
+    d = json.load(f)
+  if "shift" not in d or "scale" not in d:
+    raise ValueError(f"{path}: not a latent statistics file (needs 'shift' and 'scale')")
+  return d

@@ -22,7 +22,11 @@ import ml_collections
 import optax
 
 from data_pipelines import pipeline
-from sora_jax import factory, flops, flow, guard, optim, sharding
+from sora_jax.core import flops, sharding
+from sora_jax.core.sharded_model import ShardedModel
+from sora_jax.diffusion import flow, latent
+from sora_jax.models import dit
+from sora_jax.training import guard, optim
 
 
 class Trainer:
@@ -32,12 +36,14 @@ class Trainer:
     self.cfg = cfg
     self.mesh = mesh
     self.rules = tuple(cfg.sharding.rules)
-    self.dit_cfg = factory.dit_config(cfg, vocab_size)
-    self.model = factory.Model(self.dit_cfg, mesh, self.rules)
+    self.dit_cfg = dit.DiTConfig.from_config(
+      cfg.model, latent.geometry_for(cfg).patch_dim, vocab_size
+    )
+    self.model = ShardedModel(self.dit_cfg, mesh, self.rules, dit.DiT)
     self.counts = flops.param_counts(self.model.abstract_params)
     self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps)
-    self.flow_cfg = factory.flow_config(cfg)
-    self.num_segments = factory.num_segments(cfg)
+    self.flow_cfg = flow.FlowConfig.from_config(cfg.flow)
+    self.num_segments = pipeline.Options.from_config(cfg.data).num_segments
     self.ema_decay = float(cfg.optim.ema_decay)
     self.base_key = jax.random.key(cfg.seed)
 
@@ -138,5 +144,5 @@ class Trainer:
       return self.trace(batch_spec).lower()
 
   def step_flops(self, local_batch) -> float:
-    """Useful training FLOPs of this process's rows (see sora_jax.flops)."""
+    """Useful training FLOPs of this process's rows (see sora_jax.core.flops)."""
     return flops.step_flops(local_batch, self.counts, self.dit_cfg)

@@ -1,29 +1,28 @@
 """Config validation: every mistake is named by its field, value and what is allowed,
-before anything is compiled or any data is read."""
+before anything is compiled or any data is read.
+
+  validate(cfg)                  a diffusion (DiT) config, experiments/base.py's shape
+  validate_autoencoder(cfg)      a video autoencoder config, experiments/autoencoder_base.py's
+  check_batch_layout(cfg, mesh)  either: the global batch against processes and the mesh
+
+All raise `sora_jax.core.configs.ConfigError`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from typing import Any
 
 import ml_collections
 
-from data_pipelines import pipeline, shards
-from sora_jax import input_pipeline, sharding
-from sora_jax.models import attention, context_parallel, dit, stack
+from data_pipelines import clips, pipeline, shards
+from sora_jax.core import sharding
+from sora_jax.core.configs import ConfigError
+from sora_jax.core.configs import require as _require
+from sora_jax.models import attention, autoencoder, context_parallel, dit, stack
+from sora_jax.training import input_pipeline
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
-
-
-class ConfigError(ValueError):
-  """The config is invalid; the message names the field."""
-
-
-def _require(ok: bool, msg: str) -> None:
-  if not ok:
-    raise ConfigError(msg)
+AUTOENCODER_SECTIONS = ("data", "model", "loss", "optim", "train", "mesh", "sharding")
 
 
 def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> None:
@@ -170,6 +169,77 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   _require(t.profile_steps >= 0, f"config.train.profile_steps={t.profile_steps}: must be >= 0")
 
   # Parallelism.
+  _check_mesh(cfg)
+
+
+def check_batch_layout(cfg: ml_collections.ConfigDict, mesh, process_count: int) -> None:
+  """The global batch must split evenly over processes, batch mesh axes and, for a diffusion
+  config (one with config.data.num_shards), its virtual data shards."""
+  gb = cfg.train.global_batch_size
+  axes = sharding.batch_axes(cfg.sharding.rules)
+  shards_ = 1
+  for a in axes:
+    shards_ *= mesh.shape.get(a, 1)
+  _require(
+    gb % process_count == 0,
+    f"config.train.global_batch_size={gb}: must be divisible by the {process_count} processes",
+  )
+  _require(
+    gb % shards_ == 0,
+    f"config.train.global_batch_size={gb}: must be divisible by the batch mesh axes {axes} "
+    f"(size {shards_})",
+  )
+  if "num_shards" in cfg.data:
+    try:
+      input_pipeline.check_shards(cfg, process_count)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+def validate_autoencoder(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> None:
+  """Raises ConfigError naming the first invalid field of an autoencoder config."""
+  missing = [s for s in AUTOENCODER_SECTIONS if s not in cfg]
+  _require(
+    not missing,
+    f"config is missing section(s) {missing}; start from experiments/autoencoder_base.py",
+  )
+  try:
+    m = autoencoder.AutoencoderConfig.from_config(cfg.model)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.model: {e}") from None
+  _require(
+    m.base_channels > 0 and m.num_res_blocks >= 0,
+    "config.model.base_channels must be positive, num_res_blocks >= 0",
+  )
+  try:
+    clips.ClipOptions.from_config(cfg.data).validate(m.temporal_factor, m.spatial_factor)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.{e}") from None
+  lo = cfg.loss
+  for name in ("l1", "l2", "kl", "adv"):
+    _require(lo[name] >= 0, f"config.loss.{name}={lo[name]}: must be >= 0")
+  _require(
+    lo.adv <= 0 or (lo.disc_channels > 0 and lo.disc_layers > 0 and lo.disc_lr > 0),
+    "config.loss.disc_channels, disc_layers and disc_lr must be positive",
+  )
+  _require(cfg.optim.lr > 0, f"config.optim.lr={cfg.optim.lr}: must be positive")
+  _require(
+    0.0 <= cfg.optim.ema_decay < 1.0,
+    f"config.optim.ema_decay={cfg.optim.ema_decay}: allowed [0, 1)",
+  )
+  t = cfg.train
+  for name in ("num_steps", "global_batch_size", "log_every", "eval_every", "checkpoint_every"):
+    _require(int(t[name]) > 0, f"config.train.{name}={t[name]}: must be positive")
+  for name in ("eval_batches", "keep_checkpoints", "stats_batches"):
+    _require(int(t[name]) >= 1, f"config.train.{name}={t[name]}: must be >= 1")
+  _check_mesh(cfg)
+  if for_training:
+    _require(
+      bool(cfg.data.data_dir), "config.data.data_dir is empty; pass --config.data.data_dir=DIR"
+    )
+
+
+def _check_mesh(cfg: ml_collections.ConfigDict) -> None:
   unknown = set(cfg.mesh) - set(sharding.MESH_AXES)
   _require(
     not unknown, f"config.mesh has unknown axes {sorted(unknown)}; allowed: {sharding.MESH_AXES}"
@@ -187,43 +257,3 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     axes = () if rule[1] is None else (rule[1],) if isinstance(rule[1], str) else tuple(rule[1])
     bad = [a for a in axes if a not in sharding.MESH_AXES]
     _require(not bad, f"config.sharding.rules[{rule[0]!r}] names unknown mesh axes {bad}")
-
-
-def check_batch_layout(cfg: ml_collections.ConfigDict, mesh, process_count: int) -> None:
-  """The global batch must split evenly over processes, data shards and batch mesh axes."""
-  gb = cfg.train.global_batch_size
-  axes = sharding.batch_axes(cfg.sharding.rules)
-  shards_ = 1
-  for a in axes:
-    shards_ *= mesh.shape.get(a, 1)
-  _require(
-    gb % process_count == 0,
-    f"config.train.global_batch_size={gb}: must be divisible by the {process_count} processes",
-  )
-  _require(
-    gb % shards_ == 0,
-    f"config.train.global_batch_size={gb}: must be divisible by the batch mesh axes {axes} "
-    f"(size {shards_})",
-  )
-  try:
-    input_pipeline.check_shards(cfg, process_count)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-
-
-def to_json(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """A JSON-safe dict of the config (tuples become lists)."""
-  return json.loads(cfg.to_json())
-
-
-def from_json(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """The inverse of `to_json`: JSON lists become tuples again, as configs write them."""
-
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(tuples(v) for v in x)
-    return x
-
-  return ml_collections.ConfigDict(tuples(json.loads(json.dumps(dict(d)))))

@@ -3,7 +3,7 @@
   state   step, parameters, optimizer state (sharded; every process writes its shards)
   ema     the EMA parameters, which the sampling binary restores alone
   data    the input stream state: one JSON file per process with the states of
-          the virtual data shards it owns (see sora_jax.input_pipeline)
+          the virtual data shards it owns (see sora_jax.training.input_pipeline)
   config  the run's config as JSON, so a checkpoint is self-describing
 
 Restoring onto another mesh or process count works: arrays are resharded onto
@@ -209,7 +209,7 @@ class DataStateHandler(ocp.CheckpointHandler):
   """Saves each process's data-shard states; restores from all processes' files.
 
   The item is anything with `get_state() -> {"num_shards", "shards": {id: state}}`
-  and `set_state(...)` (sora_jax.input_pipeline.BatchIterator).
+  and `set_state(...)` (sora_jax.training.input_pipeline.BatchIterator).
   """
 
   def save(self, directory, args) -> None:

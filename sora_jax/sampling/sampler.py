@@ -3,7 +3,7 @@
 Each request (prompt, frames, height, width, seed) becomes one segment of
 Gaussian noise drawn from its own seed, so its result does not depend on what
 else shares its row. Every segment follows its own shifted time grid (see
-`sora_jax.flow`). Classifier-free guidance runs the conditional rows and their
+`sora_jax.diffusion.flow`). Classifier-free guidance runs the conditional rows and their
 unconditional twins (the same noise with an empty caption) in one batched
 forward pass: v = v_uncond + g * (v_cond - v_uncond).
 """
@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from data_pipelines import patchify, pipeline, sizing
 from data_pipelines.tokenizer import EOS_ID, Tokenizer
-from sora_jax import factory, flow, latent, sharding
+from sora_jax.core import sharding
+from sora_jax.core.sharded_model import ShardedModel
+from sora_jax.diffusion import flow, latent
 
 SAMPLERS = ("euler", "heun")
 
@@ -90,7 +92,7 @@ class Sampler:
 
   def __init__(
     self,
-    model: factory.Model,
+    model: ShardedModel,
     params,
     flow_cfg: flow.FlowConfig,
     num_segments: int,

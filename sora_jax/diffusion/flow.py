@@ -86,18 +86,33 @@ def sample_timesteps(
   return per_token(t, segment_ids)
 
 
-def segment_mean(values: jax.Array, segment_ids: jax.Array, num_segments: int):
-  """Mean of `values [B, L]` over each example's tokens, then over all examples.
+def per_segment(values: jax.Array, segment_ids: jax.Array, num_segments: int):
+  """Mean of `values [B, L]` over each example's tokens: (means [B, K-1], present [B, K-1]).
 
-  Returns (mean over examples, number of examples).
+  Column k - 1 is segment id k (padding, id 0, is dropped); `present` marks the
+  segments that have tokens in the row.
   """
   one_hot = jax.nn.one_hot(segment_ids, num_segments, dtype=jnp.float32)[..., 1:]  # no padding
   sums = jnp.einsum("bl,blk->bk", values.astype(jnp.float32), one_hot)
   counts = one_hot.sum(axis=1)
   present = counts > 0
-  per_example = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
+  return jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0), present
+
+
+def segment_mean(values: jax.Array, segment_ids: jax.Array, num_segments: int):
+  """Mean of `values [B, L]` over each example's tokens, then over all examples.
+
+  Returns (mean over examples, number of examples).
+  """
+  per_example, present = per_segment(values, segment_ids, num_segments)
   n = present.sum()
   return per_example.sum() / jnp.maximum(n, 1), n
+
+
+def noised(x0: jax.Array, noise: jax.Array, t: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """x_t = (1 - t) x_0 + t noise on real tokens, 0 on padding; `t` is per token `[B, L]`."""
+  real = (segment_ids > 0)[..., None]
+  return jnp.where(real, (1.0 - t[..., None]) * x0 + t[..., None] * noise, 0.0)
 
 
 def velocity(
@@ -118,20 +133,28 @@ def velocity(
   return (xt - out) / jnp.maximum(t, min_t)[..., None]
 
 
+def token_loss(
+  model, batch: Mapping[str, jax.Array], t: jax.Array, noise: jax.Array, cfg: FlowConfig
+) -> jax.Array:
+  """The objective per token `[B, L]` at given timesteps `t [B, L]` and `noise`.
+
+  The squared error of the velocity, averaged over features. Every user of the
+  objective (training, evaluation probes) calls this, so they cannot drift apart.
+  """
+  x0, seg = batch["tokens"], batch["segment_ids"]
+  xt = noised(x0, noise, t, seg)
+  out = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
+  pred = velocity(out, xt, t, cfg, min_t=cfg.min_t)
+  return jnp.mean(jnp.square(pred - (noise - x0)), axis=-1)
+
+
 def loss_fn(
   model, batch: Mapping[str, jax.Array], rng: jax.Array, cfg: FlowConfig, num_segments: int
 ):
   """Rectified-flow velocity loss of a packed batch; returns (loss, aux metrics)."""
-  x0 = batch["tokens"]
   seg = batch["segment_ids"]
   t_rng, n_rng = jax.random.split(rng)
   t = sample_timesteps(t_rng, seg, num_segments, cfg)
-  real = (seg > 0)[..., None]
-  noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
-  xt = jnp.where(real, (1.0 - t[..., None]) * x0 + t[..., None] * noise, 0.0)
-  target = noise - x0
-  out = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
-  pred = velocity(out, xt, t, cfg, min_t=cfg.min_t)
-  token_loss = jnp.mean(jnp.square(pred - target), axis=-1)  # [B, L]
-  loss, num_examples = segment_mean(token_loss, seg, num_segments)
+  noise = jax.random.normal(n_rng, batch["tokens"].shape, batch["tokens"].dtype)
+  loss, num_examples = segment_mean(token_loss(model, batch, t, noise, cfg), seg, num_segments)
   return loss, {"num_examples": num_examples, "real_tokens": (seg > 0).sum()}

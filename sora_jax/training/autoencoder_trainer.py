@@ -1,7 +1,7 @@
-"""The video autoencoder's train state, update step, evaluation and latent statistics.
+"""The video autoencoder's train state, update step and evaluation.
 
 The state is a plain dict of global arrays, sharded by the config's rules, like
-the diffusion trainer's (sora_jax.trainer):
+the diffusion trainer's (sora_jax.training.trainer):
 
   step            int32 scalar
   params          the autoencoder's parameters
@@ -13,13 +13,13 @@ the diffusion trainer's (sora_jax.trainer):
 The loss is l1 * |x - x_hat| + l2 * (x - x_hat)^2 + kl * KL(q(z|x) || N(0, I)), plus, from step
 loss.adv_start on, adv * (-D(x_hat)) with the discriminator trained by the
 hinge loss in the same step. Clip batches come one bucket (shape) at a time,
-so the step compiles once per bucket.
+so the step compiles once per bucket. The config is checked by
+`sora_jax.training.validation.validate_autoencoder`; the latent statistics written at
+the end of training are `sora_jax.diffusion.latent.LatentStats`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -28,87 +28,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from data_pipelines import clips
-from sora_jax import factory, flops, guard, image_metrics, optim, sharding
+from sora_jax.core import flops, image_metrics, sharding
+from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.models import autoencoder, discriminator
-
-SECTIONS = ("data", "model", "loss", "optim", "train", "mesh", "sharding")
-STATS_FILE = "latent_stats.json"
-
-
-class ConfigError(ValueError):
-  """The autoencoder config is invalid; the message names the field."""
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> autoencoder.AutoencoderConfig:
-  m = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-  m["channel_mults"] = tuple(m["channel_mults"])
-  m["temporal_down"] = tuple(bool(t) for t in m["temporal_down"])
-  # Every config from experiments/autoencoder_base.py names `shortcuts`; a saved config
-  # without it predates them, and its checkpoint is a network without shortcuts.
-  m.setdefault("shortcuts", False)
-  return autoencoder.AutoencoderConfig(**m)
-
-
-def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> None:
-  """Raises ConfigError naming the first invalid field."""
-  missing = [s for s in SECTIONS if s not in cfg]
-  if missing:
-    raise ConfigError(
-      f"config is missing section(s) {missing}; start from experiments/autoencoder_base.py"
-    )
-  try:
-    m = model_config(cfg)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"config.model: {e}") from None
-  if m.base_channels <= 0 or m.num_res_blocks < 0:
-    raise ConfigError("config.model.base_channels must be positive, num_res_blocks >= 0")
-  try:
-    clips.ClipOptions.from_config(cfg.data).validate(m.temporal_factor, m.spatial_factor)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"config.{e}") from None
-  lo = cfg.loss
-  for name in ("l1", "l2", "kl", "adv"):
-    if lo[name] < 0:
-      raise ConfigError(f"config.loss.{name}={lo[name]}: must be >= 0")
-  if lo.adv > 0 and (lo.disc_channels <= 0 or lo.disc_layers <= 0 or lo.disc_lr <= 0):
-    raise ConfigError("config.loss.disc_channels, disc_layers and disc_lr must be positive")
-  if cfg.optim.lr <= 0:
-    raise ConfigError(f"config.optim.lr={cfg.optim.lr}: must be positive")
-  if not 0.0 <= cfg.optim.ema_decay < 1.0:
-    raise ConfigError(f"config.optim.ema_decay={cfg.optim.ema_decay}: allowed [0, 1)")
-  t = cfg.train
-  for name in ("num_steps", "global_batch_size", "log_every", "eval_every", "checkpoint_every"):
-    if int(t[name]) <= 0:
-      raise ConfigError(f"config.train.{name}={t[name]}: must be positive")
-  for name in ("eval_batches", "keep_checkpoints", "stats_batches"):
-    if int(t[name]) < 1:
-      raise ConfigError(f"config.train.{name}={t[name]}: must be >= 1")
-  unknown = set(cfg.mesh) - set(sharding.MESH_AXES)
-  if unknown:
-    raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}")
-  if for_training and not cfg.data.data_dir:
-    raise ConfigError("config.data.data_dir is empty; pass --config.data.data_dir=DIR")
-
-
-def check_batch_layout(cfg, mesh, process_count: int) -> None:
-  gb = int(cfg.train.global_batch_size)
-  n = 1
-  for a in sharding.batch_axes(cfg.sharding.rules):
-    n *= mesh.shape.get(a, 1)
-  if gb % process_count or gb % n:
-    raise ConfigError(
-      f"config.train.global_batch_size={gb}: must be divisible by the {process_count} "
-      f"processes and by the batch mesh axes (size {n})"
-    )
-
-
-def _build_autoencoder(c, rngs):
-  return autoencoder.VideoAutoencoder(c, rngs=rngs)
-
-
-def _build_discriminator(c, rngs):
-  return discriminator.Discriminator(c, rngs=rngs)
+from sora_jax.training import guard, optim
 
 
 class AutoencoderTrainer:
@@ -118,13 +41,13 @@ class AutoencoderTrainer:
     self.cfg = cfg
     self.mesh = mesh
     self.rules = tuple(cfg.sharding.rules)
-    self.ae_cfg = model_config(cfg)
-    self.model = factory.Model(self.ae_cfg, mesh, self.rules, build=_build_autoencoder)
+    self.ae_cfg = autoencoder.AutoencoderConfig.from_config(cfg.model)
+    self.model = ShardedModel(self.ae_cfg, mesh, self.rules, autoencoder.VideoAutoencoder)
     self.loss = dict(cfg.loss)
     self.use_adv = float(cfg.loss.adv) > 0
     if self.use_adv:
       d_cfg = discriminator.DiscriminatorConfig(cfg.loss.disc_channels, cfg.loss.disc_layers)
-      self.disc = factory.Model(d_cfg, mesh, self.rules, build=_build_discriminator)
+      self.disc = ShardedModel(d_cfg, mesh, self.rules, discriminator.Discriminator)
       self.disc_tx = optax.adam(float(cfg.loss.disc_lr), b1=0.5, b2=0.9)
     self.num_params = flops.param_counts(self.model.abstract_params)["total"]
     self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps)
@@ -279,58 +202,3 @@ class AutoencoderTrainer:
     """Posterior (mean, logvar) of a global batch, on the host of every process."""
     with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
       return jax.device_get(self._moments(params, video))
-
-
-class LatentStats:
-  """Running per-channel mean and variance of latent samples (Chan et al.'s parallel update)."""
-
-  def __init__(self, channels: int):
-    self.n = 0
-    self.mean = np.zeros(channels, np.float64)
-    self.m2 = np.zeros(channels, np.float64)
-
-  def merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
-    """Adds another accumulator's (count, mean, sum of squared deviations)."""
-    total = self.n + n
-    if total == 0:
-      return
-    delta = np.asarray(mean, np.float64) - self.mean
-    self.mean = self.mean + delta * n / total
-    self.m2 = self.m2 + np.asarray(m2, np.float64) + delta**2 * self.n * n / total
-    self.n = total
-
-  def add(self, z: np.ndarray) -> None:
-    """Adds latents `[..., C]`."""
-    x = np.asarray(z, np.float64).reshape(-1, self.mean.size)
-    mean = x.mean(0)
-    self.merge(x.shape[0], mean, ((x - mean) ** 2).sum(0))
-
-  def add_moments(self, mean: np.ndarray, logvar: np.ndarray) -> None:
-    """Adds the posterior q(z|x) = N(mean, exp(logvar)): its mean plus its spread."""
-    self.add(mean)
-    # Var[z] = Var[mean] + E[exp(logvar)]; the second term enters as extra spread.
-    extra = np.exp(np.asarray(logvar, np.float64)).reshape(-1, self.mean.size).mean(0)
-    n = np.asarray(mean).reshape(-1, self.mean.size).shape[0]
-    self.m2 = self.m2 + extra * n
-
-  def to_json(self) -> dict[str, Any]:
-    std = np.sqrt(self.m2 / max(self.n, 1))
-    return {
-      "shift": [float(v) for v in self.mean],
-      "scale": [float(1.0 / max(s, 1e-6)) for s in std],
-      "count": int(self.n),
-    }
-
-
-def write_stats(path: str, stats: Mapping[str, Any], **extra: Any) -> None:
-  from data_pipelines import shards
-
-  shards.atomic_write_json(path, {**stats, **extra})
-
-
-def read_stats(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    d = json.load(f)
-  if "shift" not in d or "scale" not in d:
-    raise ValueError(f"{path}: not a latent statistics file (needs 'shift' and 'scale')")
-  return d

@@ -26,7 +26,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from data_pipelines.tokenizer import Tokenizer
-from sora_jax import factory, latent
+from sora_jax.diffusion import latent
 
 
 def num_shards(cfg: ml_collections.ConfigDict) -> int:
@@ -70,8 +70,8 @@ class ShardedStream:
       cfg.data.source, cfg.data.data_dir, split or cfg.data.split, cfg.data.tfds_name
     )
     tokenize = pipeline.Tokenize(
-      factory.options(cfg),
-      factory.geometry(cfg, stage),
+      pipeline.Options.from_config(cfg.data),
+      latent.geometry_for(cfg, stage),
       tokenizer,
       decode_record=decode,
       to_moments=getattr(stage, "moments", None),

@@ -1,6 +1,6 @@
 r"""Encodes a dataset once with a trained video autoencoder: cached latents for diffusion training.
 
-  python -m data_pipelines.cache_latents --autoencoder_workdir=AE --data_dir=DATA \
+  python -m sora_jax.cache_latents --autoencoder_workdir=AE --data_dir=DATA \
       --output_dir=CACHE [--config=experiments/demo_latent.py] [--splits=train,eval]
 
 Each example is sized exactly as the diffusion pipeline would size it under
@@ -39,6 +39,8 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipelines import media, pipeline, schema, shards, sizing
+from sora_jax.core import checkpointing
+from sora_jax.diffusion import latent
 
 FLAGS = flags.FLAGS
 PARTS = "cache_parts"
@@ -62,9 +64,7 @@ def define_flags() -> None:
 
 def sizer(cfg, stage):
   """The diffusion pipeline's per-example transform, for its sizing rules."""
-  from sora_jax import factory
-
-  opts = factory.options(cfg)
+  opts = pipeline.Options.from_config(cfg.data)
   if opts.min_token_fraction < 1.0:
     raise ValueError(
       f"config.data.min_token_fraction={opts.min_token_fraction}: random resolutions cannot be "
@@ -116,9 +116,6 @@ def run(
   progress: bool = True,
 ) -> dict:
   """Encodes the splits; returns the output manifest."""
-  from sora_jax import autoencoder_trainer
-  from sora_jax.latent import AutoencoderStage
-
   manifest = shards.read_manifest(data_dir)
   splits = list(splits) or sorted(manifest["splits"])
   unknown = [s for s in splits if s not in manifest["splits"]]
@@ -129,7 +126,7 @@ def run(
   if os.path.abspath(output_dir) == os.path.abspath(data_dir):
     raise ValueError("--output_dir must differ from --data_dir")
   # Statistics are estimated here, so the stage must not need them yet.
-  stage = AutoencoderStage(autoencoder_workdir, step, stats_file=None)
+  stage = latent.AutoencoderStage(autoencoder_workdir, step, stats_file=None)
   tokenize = sizer(cfg, stage)
   os.makedirs(os.path.join(output_dir, PARTS), exist_ok=True)
 
@@ -151,7 +148,7 @@ def run(
     disable=not (progress and total),
   ) as bar:
     for split, name in todo:
-      stats = autoencoder_trainer.LatentStats(stage.channels)
+      stats = latent.LatentStats(stage.channels)
       sizes = shards.SizeStats()
       written = skipped = 0
       with shards.shard_writer(os.path.join(output_dir, name)) as out:
@@ -178,7 +175,7 @@ def run(
   elapsed = time.perf_counter() - t0
 
   # Statistics over the train split (or everything encoded, without one).
-  stats = autoencoder_trainer.LatentStats(stage.channels)
+  stats = latent.LatentStats(stage.channels)
   use = [p for p in parts.values() if p["split"] == "train"] or list(parts.values())
   for p in use:
     stats.merge(p["stats"]["n"], np.asarray(p["stats"]["mean"]), np.asarray(p["stats"]["m2"]))
@@ -187,9 +184,7 @@ def run(
     "autoencoder": os.path.abspath(autoencoder_workdir),
     "step": stage.step,
   }
-  autoencoder_trainer.write_stats(
-    os.path.join(output_dir, autoencoder_trainer.STATS_FILE), stats_json
-  )
+  latent.write_stats(os.path.join(output_dir, latent.STATS_FILE), stats_json)
 
   out_splits = {}
   for split in splits:
@@ -219,7 +214,7 @@ def run(
         for k in ("max_tokens_per_example", "max_frames", "frame_stride", "min_frame_tokens")
       },
       "patch": list(cfg.model.patch),
-      "stats_file": autoencoder_trainer.STATS_FILE,
+      "stats_file": latent.STATS_FILE,
     },
   }
   shards.write_manifest(output_dir, out)
@@ -258,8 +253,6 @@ def main(argv: Sequence[str]) -> None:
   for name in ("autoencoder_workdir", "data_dir", "output_dir"):
     if not getattr(FLAGS, name):
       sys.exit(f"error: --{name} is required")
-  from sora_jax import checkpointing
-
   try:
     out = run(
       FLAGS.autoencoder_workdir,
