@@ -13,6 +13,16 @@ tokens per second, packed over padded. FLOPs count real tokens only
 Without --config.data.data_dir a small built-in synthetic dataset is generated
 in a temporary directory first.
 
+It also reports, for the packed batches, how much self-attention work each
+backend spends on cross-segment and padding pairs (attention_waste_*), and with
+--sampler_steps=N the time of a guided sampling step with the conditional and
+unconditional passes batched against run as two calls.
+
+Attention backends on the same data (one full run each, ratios to the first):
+
+  python -m sora_jax.benchmark --config=experiments/long_rows_cpu.py \
+      --attention_backends=xla,block_sparse
+
 The input pipeline alone (packing efficiency and throughput, as
 `data_pipelines.benchmark` measures it, for pixel or latent configs):
 
@@ -54,7 +64,14 @@ from ml_collections import config_flags
 from data_pipelines import pipeline, synthetic, throughput, tokenizer
 from sora_jax.core import configs, distributed, flops, sharding
 from sora_jax.diffusion import latent
-from sora_jax.models import dit
+from sora_jax.models import (
+  attention,
+  attention_block_sparse,
+  attention_pallas_gpu,
+  attention_splash,
+  dit,
+)
+from sora_jax.sampling import sampler
 from sora_jax.training import input_pipeline, validation
 from sora_jax.training.trainer import Trainer
 
@@ -67,6 +84,18 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", 10, "Timed steps per layout.")
   flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation).")
   flags.DEFINE_bool("padded", True, "Also time the padded-bucket layout.")
+  flags.DEFINE_integer(
+    "sampler_steps",
+    0,
+    "Also time this many sampling steps (guided, Euler) on the packed rows, with the "
+    "conditional and unconditional passes batched into one call and as two calls.",
+  )
+  flags.DEFINE_list(
+    "attention_backends",
+    [],
+    "Run the whole benchmark once per attention backend (e.g. xla,block_sparse) on the same "
+    "batches and print the packed tokens/s ratios.",
+  )
   flags.DEFINE_integer("synthetic_examples", 2000, "Size of the generated dataset.")
   flags.DEFINE_string("output_json", None, "Also write the results here.")
   flags.DEFINE_bool(
@@ -165,6 +194,7 @@ def run(
   padded: bool,
   synthetic_examples: int = 2000,
   layouts: Sequence[Mapping[str, int]] | None = None,
+  sampler_steps: int = 0,
 ) -> dict:
   """The benchmark on the config's mesh, or once per mesh layout (see the module docstring)."""
   if layouts:
@@ -197,6 +227,12 @@ def run(
     "peak_source": peak_source,
   }
   result.update(memory_report(trainer, batches[0]))
+  length = cfg.data.seq_len
+  packing = trainer.dit_cfg.packing
+  result["attention_backend"] = attention.chosen_backend(
+    cfg.model.attention, length, length, packing
+  )
+  result.update(attention_waste(batches[warmup:], trainer.dit_cfg.packing))
 
   if padded:
     # The same examples the packed steps saw, one per row, padded to buckets.
@@ -217,7 +253,71 @@ def run(
       padded_real_token_fraction=preal / sum(b["segment_ids"].size for b in pbatches),
       packed_over_padded=(real / dt) / (preal / pdt),
     )
+  if sampler_steps:
+    result.update(time_sampler(trainer, batches[0], sampler_steps))
   return result
+
+
+def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
+  """Self-attention work on the cross-segment and padding pairs of packed rows, per backend.
+
+  useful: same-segment (query, key) pairs. The dense backends (xla, cudnn, and the
+  pallas_gpu and splash_tpu kernels, which mask by segment ids inside every block
+  but visit all blocks) compute the whole padded row; block_sparse computes the
+  block pairs whose segments meet (attention_block_sparse.waste).
+  """
+  seg = np.concatenate([np.asarray(b["segment_ids"]) for b in batches])
+  rows, length = seg.shape
+  useful = sum(int(np.sum(r == s)) ** 2 for r in seg for s in set(r.tolist()) - {0})
+  out = {"attention_useful_fraction": useful / (rows * length * length)}
+  for name, padded_len in (
+    ("xla", length),
+    ("pallas_gpu", attention_pallas_gpu.padded_length(length)),
+    ("splash_tpu", attention_splash.blocking(length)[1]),
+  ):
+    out[f"attention_waste_{name}"] = 1.0 - useful / (rows * padded_len * padded_len)
+  w = attention_block_sparse.waste(seg, attention_block_sparse.choose_block(packing), packing)
+  out[f"attention_waste_block_sparse@{w['block']}"] = w["waste"]
+  out["attention_block_sparse_bound_fraction"] = w["bound_fraction_of_dense"]
+  return out
+
+
+def time_sampler(trainer: Trainer, batch: dict, steps: int, cfg_scale: float = 4.5) -> dict:
+  """Seconds per guided sampling step on `batch`'s rows, guidance batched and unbatched."""
+  params = trainer.model.init(0)
+  num_segments = pipeline.Options.from_config(trainer.cfg.data).num_segments
+  rows = {k: np.asarray(batch[k]) for k in sampler.ROW_KEYS}
+  out = {}
+  for batched in (True, False):
+    sample = sampler.Sampler(
+      trainer.model, params, trainer.flow_cfg, num_segments, batch_guidance=batched
+    )
+    kw = dict(cfg_scale=cfg_scale, method="euler", progress=False)
+    put = sampler.batch_put(trainer.mesh, trainer.rules)
+    with jax.set_mesh(trainer.mesh), sharding.axis_rules(trainer.rules):
+      sample(rows, steps=1, put=put, **kw)  # Compile.
+      t0 = time.perf_counter()
+      sample(rows, steps=steps, put=put, **kw)
+      dt = (time.perf_counter() - t0) / steps
+    out["sample_step_s_" + ("batched_guidance" if batched else "two_passes")] = dt
+  out["sample_batched_speedup"] = (
+    out["sample_step_s_two_passes"] / out["sample_step_s_batched_guidance"]
+  )
+  return out
+
+
+def compare_backends(cfg, backends: Sequence[str], **kw) -> dict:
+  """`run` once per attention backend, on the same data; packed tokens/s relative to the first."""
+  out = {}
+  for name in backends:
+    c = cfg.copy_and_resolve_references()
+    c.model.attention = name
+    out[name] = run(c, **kw)
+    cfg.data.data_dir = c.data.data_dir  # A generated dataset is made once.
+  first = out[backends[0]]["tokens_per_s"]
+  for name in backends:
+    out[name]["tokens_per_s_over_" + backends[0]] = out[name]["tokens_per_s"] / first
+  return out
 
 
 def run_input_pipeline(cfg, num_batches: int, workers: Sequence[str], synthetic_examples: int):
@@ -390,9 +490,25 @@ def main(argv: Sequence[str]) -> None:
         FLAGS.output_json,
       )
       return
-    result = run(
-      FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.padded, FLAGS.synthetic_examples, layouts
+    kw = dict(
+      steps=FLAGS.steps,
+      warmup=FLAGS.warmup,
+      padded=FLAGS.padded,
+      synthetic_examples=FLAGS.synthetic_examples,
+      sampler_steps=FLAGS.sampler_steps,
     )
+    if FLAGS.attention_backends:
+      for name in FLAGS.attention_backends:
+        attention.resolve_backend(name)  # An unknown name fails before anything runs.
+      results = compare_backends(FLAGS.config, FLAGS.attention_backends, **kw)
+      for name, result in results.items():
+        print(f"--- attention backend {name}")
+        throughput.report(result)
+      if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+          json.dump(results, f, indent=2)
+      return
+    result = run(FLAGS.config, layouts=layouts, **kw)
   except (configs.ConfigError, ValueError) as e:
     sys.exit(f"error: {e}")
   if layouts:

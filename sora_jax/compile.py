@@ -284,7 +284,11 @@ def compile_step(
   # "auto" attention means the target's kernel (splash on TPU). A GPU's kernels
   # cannot be compiled for the CPU devices that stand in for it: the reference.
   cfg = copy.deepcopy(cfg)
-  backend = attention.resolve_backend(cfg.model.attention, "tpu" if target.kind == "tpu" else "cpu")
+  backend = cfg.model.attention
+  if target.kind == "tpu":
+    backend = attention.resolve_backend(backend, "tpu")
+  elif backend == "auto":
+    backend = "xla"
   with cfg.unlocked():
     cfg.model.attention = backend
 

@@ -62,6 +62,118 @@ def _assert_parity(backend, q, k, v, q_seg, kv_seg, grads=False):
       np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
 
 
+# block_sparse ----------------------------------------------------------------
+
+PACKED = attention.Packing(max_len=90, max_segments=3)  # What _packed's rows hold.
+
+
+def _bs(q, k, v, q_seg, kv_seg, packing=PACKED, **kw):
+  return attention.attention(q, k, v, q_seg, kv_seg, backend="block_sparse", packing=packing, **kw)
+
+
+@pytest.mark.parametrize("h,hkv,length", [(2, 2, 160), (4, 1, 160), (2, 2, 37)])
+def test_block_sparse_matches_reference(h, hkv, length):
+  # Segments straddle the 16-token blocks; 37 is no multiple of a block.
+  q, k, v, seg = _packed(np.random.default_rng(20), h=h, hkv=hkv, length=length)
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(_bs(q, k, v, seg, seg)), np.asarray(want), **TOL)
+  for g, r in zip(
+    jax.grad(lambda *a: jnp.sum(jnp.sin(_bs(*a, seg, seg))), (0, 1, 2))(q, k, v),
+    _grads("xla", q, k, v, seg, seg),
+  ):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+def test_block_sparse_many_short_examples_and_extra_mask_under_jit():
+  rng = np.random.default_rng(21)
+  q, k, v = _qkv(rng, 2, 96, 96, 2, 2, 8)
+  lengths = rng.integers(1, 9, size=40)
+  seg = np.zeros((2, 96), np.int32)
+  for r in range(2):
+    starts = np.cumsum(np.concatenate([[0], lengths]))
+    for i in range(len(lengths)):
+      if starts[i + 1] <= 90:
+        seg[r, starts[i] : starts[i + 1]] = i + 1
+  seg = jnp.asarray(seg)
+  mask = jnp.asarray(rng.random((2, 96, 96)) < 0.7)
+  packing = attention.Packing(max_len=8, max_segments=40)
+  fn = jax.jit(lambda q, k, v, s, m: _bs(q, k, v, s, s, packing=packing, mask=m))
+  want = attention.attention(q, k, v, seg, seg, mask=mask, backend="xla")
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, seg, mask)), np.asarray(want), **TOL)
+
+
+def test_block_sparse_cross_attention_and_unsorted_ids_stay_exact():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(22), h=2, hkv=1)
+  want = attention.attention(q, k, v, q_seg, kv_seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(_bs(q, k, v, q_seg, kv_seg, None)), np.asarray(want), **TOL)
+  # Ids that do not increase along the row: the block summaries over-approximate, exactly.
+  q, k, v, seg = _packed(np.random.default_rng(23))
+  shuffled = jnp.asarray(np.random.default_rng(0).permutation(np.asarray(seg).T).T)
+  want = attention.attention(q, k, v, shuffled, shuffled, backend="xla")
+  got = _bs(q, k, v, shuffled, shuffled)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+
+
+def test_block_sparse_broken_packing_promise_falls_back_to_exact():
+  q, k, v, seg = _packed(np.random.default_rng(24))
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  got = _bs(q, k, v, seg, seg, packing=attention.Packing(max_len=2, max_segments=1))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+
+
+def test_block_sparse_pair_bound_covers_every_packing():
+  from sora_jax.models import attention_block_sparse as bs
+
+  rng = np.random.default_rng(25)
+  for _ in range(300):
+    length, block = int(rng.integers(8, 200)), int(rng.choice([4, 8, 16]))
+    cap, count = int(rng.integers(1, length + 1)), int(rng.integers(1, 30))
+    seg, pos = np.zeros((1, length), np.int32), 0
+    for s in range(1, count + 1):
+      n = int(rng.integers(1, cap + 1))
+      if pos + n > length:
+        break
+      seg[0, pos : pos + n], pos = s, pos + n + int(rng.integers(0, 2))
+    padded = -(-length // block) * block
+    seg = np.pad(seg, [(0, 0), (0, padded - length)])
+    pairs = int(bs.meeting_blocks(seg, seg, block).sum())
+    assert pairs <= bs.max_pairs(padded, block, attention.Packing(cap, count)), (cap, count)
+
+
+def test_block_sparse_waste_is_measured_against_useful_pairs():
+  from sora_jax.models import attention_block_sparse as bs
+
+  seg = np.zeros((1, 64), np.int32)
+  seg[0, :32], seg[0, 32:48] = 1, 2  # Block-aligned examples: nothing wasted at block 16.
+  w = bs.waste(seg, 16, attention.Packing(32, 2))
+  assert w["waste"] == 0.0 and w["useful_fraction_of_dense"] == (32**2 + 16**2) / 64**2
+  seg[0, 30:34] = 3  # Straddling examples waste part of their blocks.
+  assert bs.waste(seg, 16)["waste"] > 0.0
+
+
+# On the device this suite runs on (launch/gpu_check.sh runs it on a GPU) -------
+
+DEVICE_KERNELS = {"gpu": ["pallas_gpu", "cudnn"], "tpu": ["splash_tpu"]}
+
+
+@pytest.mark.parametrize(
+  "backend", ["block_sparse", *DEVICE_KERNELS.get(jax.default_backend(), [])]
+)
+def test_this_devices_kernels_match_reference_values_and_gradients(backend):
+  dtype = jnp.bfloat16 if backend == "cudnn" else jnp.float32
+  q, k, v, seg = _packed(np.random.default_rng(30), h=4, hkv=2, d=64, dtype=dtype)
+  kw = {"packing": PACKED}
+  f = lambda name: lambda q, k, v: attention.attention(q, k, v, seg, seg, backend=name, **kw)
+  tol = dict(atol=3e-2, rtol=3e-2)  # bf16 and TF32 matrix units on accelerators.
+  up = lambda x: np.asarray(x, np.float32)
+  np.testing.assert_allclose(up(f(backend)(q, k, v)), up(f("xla")(q, k, v)), **tol)
+  loss = lambda name: lambda *a: jnp.sum(jnp.sin(f(name)(*a).astype(jnp.float32)))
+  for g, r in zip(
+    jax.grad(loss(backend), (0, 1, 2))(q, k, v), jax.grad(loss("xla"), (0, 1, 2))(q, k, v)
+  ):
+    np.testing.assert_allclose(up(g), up(r), **tol)
+
+
 # pallas_gpu ------------------------------------------------------------------
 
 
@@ -206,8 +318,15 @@ def test_cudnn_refuses_without_gpu():
 def test_auto_picks_the_platform_kernel():
   assert attention.resolve_backend("auto", platform="tpu") == "splash_tpu"
   assert attention.resolve_backend("auto", platform="gpu") == "pallas_gpu"
-  assert attention.resolve_backend("auto", platform="cpu") == "xla"
-  assert {"xla", "pallas_gpu", "splash_tpu", "cudnn"} <= set(attention.backends())
+  # On CPUs: block_sparse for calls that say how their rows are packed, else the reference.
+  assert attention.resolve_backend("auto", platform="cpu") == "block_sparse"
+  assert attention.resolve_backend("auto", platform="cpu", packed=False) == "xla"
+  if jax.default_backend() == "cpu":  # ...where the bound leaves little to skip, the reference.
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "xla"
+    long_rows = attention.Packing(96, 256)
+    assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "block_sparse"
+    assert attention.chosen_backend("xla", 16384, 16384, long_rows) == "xla"
+  assert {"xla", "block_sparse", "pallas_gpu", "splash_tpu", "cudnn"} <= set(attention.backends())
 
 
 def test_auto_falls_back_to_xla_for_what_the_kernel_refuses(monkeypatch):

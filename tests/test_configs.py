@@ -28,7 +28,7 @@ PRESETS = {
 }
 
 
-@pytest.mark.parametrize("name", [*PRESETS, "dit_tiny", "demo", "base"])
+@pytest.mark.parametrize("name", [*PRESETS, "dit_tiny", "demo", "base", "long_rows"])
 def test_config_validates(name):
   cfg = importlib.import_module(f"experiments.{name}").get_config()
   validation.validate(cfg, for_training=False)

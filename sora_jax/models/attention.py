@@ -9,19 +9,29 @@ boolean `mask` narrows the segment mask further (e.g. prompts gated to a window
 of frames); a backend that cannot express what it is asked for refuses with
 `AttentionUnsupported` instead of silently ignoring it.
 
-Backends: "xla" (the reference, here) and fused kernels in their own modules,
+Backends: "xla" (the reference, here) and the others in their own modules,
 imported on first use so that importing this file stays cheap:
-  "pallas_gpu"  attention_pallas_gpu.py  Pallas/Triton flash attention (GPU)
-  "splash_tpu"  attention_splash.py      Pallas splash attention (TPU)
-  "cudnn"       attention_cudnn.py       jax.nn.dot_product_attention on cuDNN
+  "block_sparse" attention_block_sparse.py  only the blocks whose segments meet (any XLA device)
+  "pallas_gpu"   attention_pallas_gpu.py    Pallas/Triton flash attention (GPU)
+  "splash_tpu"   attention_splash.py        Pallas splash attention (TPU)
+  "cudnn"        attention_cudnn.py         jax.nn.dot_product_attention on cuDNN
 "pallas_gpu_interpret" and "splash_tpu_interpret" run the same kernels through
 Pallas interpret mode on any platform (slow; for tests and debugging on CPU).
 "auto" picks the platform's kernel and falls back to "xla", with a logged
 warning, for a call that kernel refuses (e.g. cross-attention on GPU).
+
+`packing` (a `Packing`: at most `max_segments` examples of at most `max_len`
+tokens per row) is what the caller knows about how its rows were packed.
+Backends that skip blocks bound their work with it; the others ignore it. It
+is a promise about speed, not semantics: a row that breaks it still gets the
+exact result. On CPUs "auto" picks "block_sparse" for calls that pass it (the
+DiT's self-attention) where its bound leaves at most a quarter of the row's
+block pairs (long rows of short examples), and "xla" for the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 
@@ -34,10 +44,22 @@ class AttentionUnsupported(ValueError):
   """The chosen backend cannot express this attention (mask, shape or platform)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How rows were packed: at most `max_segments` examples of at most `max_len` tokens each."""
+
+  max_len: int
+  max_segments: int
+
+
 Backend = Callable[..., jax.Array]
 _BACKENDS: dict[str, Backend] = {}
+_USES_PACKING: set[str] = set()  # Backends whose signature takes `packing=`.
+# For "auto": whether a backend pays off for (q_length, kv_length, packing); else "xla".
+_WORTHWHILE: dict[str, Callable[..., bool]] = {}
 # Kernel backends live in their own modules, imported on first use.
 _KERNEL_MODULES = {
+  "block_sparse": "sora_jax.models.attention_block_sparse",
   "pallas_gpu": "sora_jax.models.attention_pallas_gpu",
   "pallas_gpu_interpret": "sora_jax.models.attention_pallas_gpu",
   "splash_tpu": "sora_jax.models.attention_splash",
@@ -45,13 +67,19 @@ _KERNEL_MODULES = {
   "cudnn": "sora_jax.models.attention_cudnn",
 }
 # What "auto" picks on each platform (jax.default_backend()); anything else: "xla".
-_AUTO_BACKENDS = {"tpu": "splash_tpu", "gpu": "pallas_gpu"}
+_AUTO_BACKENDS = {"tpu": "splash_tpu", "gpu": "pallas_gpu", "cpu": "block_sparse"}
 _FALLBACKS_LOGGED: set[str] = set()
 
 
-def register_backend(name: str) -> Callable[[Backend], Backend]:
+def register_backend(
+  name: str, *, uses_packing: bool = False, worthwhile: Callable[..., bool] | None = None
+) -> Callable[[Backend], Backend]:
   def wrap(fn: Backend) -> Backend:
     _BACKENDS[name] = fn
+    if uses_packing:
+      _USES_PACKING.add(name)
+    if worthwhile is not None:
+      _WORTHWHILE[name] = worthwhile
     return fn
 
   return wrap
@@ -61,14 +89,31 @@ def backends() -> list[str]:
   return sorted(set(_BACKENDS) | set(_KERNEL_MODULES))
 
 
-def resolve_backend(name: str, platform: str | None = None) -> str:
-  """Maps "auto" to the backend for `platform` (default: jax's); validates names."""
+def resolve_backend(name: str, platform: str | None = None, *, packed: bool = True) -> str:
+  """Maps "auto" to the backend for `platform` (default: jax's); validates names.
+
+  `packed`: whether the call passes a `Packing` ("auto" uses "block_sparse" only then).
+  """
   if name == "auto":
-    return _AUTO_BACKENDS.get(platform or jax.default_backend(), "xla")
+    chosen = _AUTO_BACKENDS.get(platform or jax.default_backend(), "xla")
+    return "xla" if chosen == "block_sparse" and not packed else chosen
   if name not in _BACKENDS and name not in _KERNEL_MODULES:
     raise ValueError(
       f"model.attention={name!r}; allowed: 'auto', {', '.join(map(repr, backends()))}"
     )
+  return name
+
+
+def chosen_backend(
+  backend: str, q_length: int, kv_length: int, packing: Packing | None = None
+) -> str:
+  """The backend a call of these lengths runs first (before any refusal falls back)."""
+  name = resolve_backend(backend, packed=packing is not None)
+  if backend == "auto":
+    get_backend(name)  # Loads the module, which registers its `worthwhile`.
+    pays = _WORTHWHILE.get(name)
+    if pays is not None and not pays(q_length, kv_length, packing):
+      return "xla"
   return name
 
 
@@ -89,6 +134,7 @@ def attention(
   mask: jax.Array | None = None,  # [B, Lq, Lk] bool, True = may attend
   scale: float | None = None,
   backend: str = "auto",
+  packing: Packing | None = None,
 ) -> jax.Array:  # [B, Lq, H, Dh]
   """Block-diagonal (segment-masked) softmax attention."""
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
@@ -101,10 +147,12 @@ def attention(
       f"q {q.shape[:2]} and k {k.shape[:2]}"
     )
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  name = resolve_backend(backend)
+  name = chosen_backend(backend, q.shape[1], k.shape[1], packing)
   args = (q, k, v, q_segment_ids, kv_segment_ids)
+  fn = get_backend(name)
+  extra = {"packing": packing} if name in _USES_PACKING else {}
   try:
-    return get_backend(name)(*args, mask=mask, scale=scale)
+    return fn(*args, mask=mask, scale=scale, **extra)
   except AttentionUnsupported as e:
     if backend != "auto" or name == "xla":
       raise

@@ -48,6 +48,7 @@ def sharded_attention(
   backend: str = "auto",
   q_length: str = "length",  # Logical name of the query sequence axis.
   kv_length: str = "length",  # ... and of the key sequence axis.
+  packing: attention_lib.Packing | None = None,
 ) -> jax.Array:
   """`attention()` on the current mesh (see the module docstring)."""
   if scheme not in SCHEMES:
@@ -56,11 +57,11 @@ def sharded_attention(
   rules = sharding.current_rules()
   args = (q, k, v, q_segment_ids, kv_segment_ids)
   if mesh.empty or not rules:
-    return attention_lib.attention(*args, mask=mask, backend=backend)
+    return attention_lib.attention(*args, mask=mask, backend=backend, packing=packing)
   q_spec = sharding.spec(("batch", q_length, "act_heads", None), rules, mesh, q.shape)
   kv_spec = sharding.spec(("batch", kv_length, "act_heads", None), rules, mesh, k.shape)
   q_seq, kv_seq = q_spec[1] == AXIS, kv_spec[1] == AXIS
-  if attention_lib.resolve_backend(backend) == "xla" and not kv_seq:
+  if attention_lib.resolve_backend(backend, packed=packing is not None) == "xla" and not kv_seq:
     return attention_lib.attention(*args, mask=mask, backend=backend)
   if kv_seq and not q_seq:
     raise ValueError("keys are sharded over the context axis but queries are not")
@@ -79,14 +80,20 @@ def sharded_attention(
   if mask is not None:
     specs.append(P(q_spec[0], q_spec[1], kv_spec[1]))
     args = (*args, mask)
-  fn = functools.partial(_local, scheme=scheme if context > 1 else None, backend=backend)
+  fn = functools.partial(
+    _local, scheme=scheme if context > 1 else None, backend=backend, packing=packing
+  )
   return jax.shard_map(fn, in_specs=tuple(specs), out_specs=q_spec, check_vma=False)(*args)
 
 
-def _local(q, k, v, q_seg, kv_seg, mask=None, *, scheme, backend):
-  """One device's share: plain attention, or one of the context-parallel schemes."""
+def _local(q, k, v, q_seg, kv_seg, mask=None, *, scheme, backend, packing):
+  """One device's share: plain attention, or one of the context-parallel schemes.
+
+  Only whole rows keep the packing's bound; a context-parallel share does not."""
   if scheme is None:
-    return attention_lib.attention(q, k, v, q_seg, kv_seg, mask=mask, backend=backend)
+    return attention_lib.attention(
+      q, k, v, q_seg, kv_seg, mask=mask, backend=backend, packing=packing
+    )
   if scheme == "all_gather":
     gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, axis=1, tiled=True)
     return attention_lib.attention(q, gather(k), gather(v), q_seg, gather(kv_seg), backend=backend)

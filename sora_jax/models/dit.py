@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sora_jax.core import sharding
-from sora_jax.models import layers, rope, stack
+from sora_jax.models import attention, layers, rope, stack
 from sora_jax.models.text_encoder import SmallTextEncoder, TextConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -57,14 +57,26 @@ class DiTConfig:
   pooled_text: bool = True  # Add each token's mean caption embedding to its timestep embedding.
   fractional_pos: int = 4  # Frequencies per axis of the fractional position features (0: none).
   text: TextConfig | None = None
+  # How the rows are packed (from config.data): lets self-attention skip the blocks of
+  # other examples ("block_sparse"). None: unknown, every block is computed.
+  packing: attention.Packing | None = None
 
   @classmethod
-  def from_config(cls, model_cfg: Mapping[str, Any], patch_dim: int, vocab_size: int) -> DiTConfig:
-    """From `config.model`; the patch dim comes from the geometry, vocab from the tokenizer."""
+  def from_config(
+    cls,
+    model_cfg: Mapping[str, Any],
+    patch_dim: int,
+    vocab_size: int,
+    packing: attention.Packing | None = None,
+  ) -> DiTConfig:
+    """From `config.model`; the patch dim comes from the geometry, vocab from the tokenizer,
+    the packing from `config.data` (`attention.Packing(max_tokens_per_example,
+    max_examples_per_row)`)."""
     m = dict(model_cfg)
     text = TextConfig(vocab_size=vocab_size, **dict(m.pop("text")))
-    names = {f.name for f in dataclasses.fields(cls)} - {"patch_dim", "text"}
-    return cls(patch_dim=patch_dim, text=text, **{k: v for k, v in m.items() if k in names})
+    names = {f.name for f in dataclasses.fields(cls)} - {"patch_dim", "text", "packing"}
+    kw = {k: v for k, v in m.items() if k in names}
+    return cls(patch_dim=patch_dim, text=text, packing=packing, **kw)
 
   @property
   def compute_dtype(self):
@@ -73,6 +85,14 @@ class DiTConfig:
   @property
   def params_dtype(self):
     return DTYPES[self.param_dtype]
+
+
+def packing_of(data_cfg: Mapping[str, Any]) -> attention.Packing:
+  """The packing caps of a config's `data` section (tokens per example, examples per row)."""
+  return attention.Packing(
+    max_len=int(data_cfg["max_tokens_per_example"]),
+    max_segments=int(data_cfg["max_examples_per_row"]),
+  )
 
 
 class Block(nnx.Module):
@@ -85,6 +105,7 @@ class Block(nnx.Module):
       qk_norm=cfg.qk_norm,
       backend=cfg.attention,
       context_parallel=cfg.context_parallel,
+      packing=cfg.packing,
       **kw,
     )
     self.cross_norm = layers.RMSNorm(w, "embed", param_dtype=cfg.params_dtype)

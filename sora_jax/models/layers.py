@@ -138,6 +138,7 @@ class Attention(nnx.Module):
     backend: str = "auto",
     context_parallel: str = "all_gather",
     lengths: tuple[str, str] = ("length", "length"),
+    packing=None,  # attention.Packing of the rows (self-attention), or None
     rngs: nnx.Rngs,
     dtype,
     param_dtype,
@@ -156,6 +157,7 @@ class Attention(nnx.Module):
     self.backend = backend
     self.context_parallel = context_parallel
     self.lengths = tuple(lengths)
+    self.packing = packing
 
   def __call__(
     self,
@@ -190,6 +192,7 @@ class Attention(nnx.Module):
       backend=self.backend,
       q_length=q_len,
       kv_length=kv_len,
+      packing=self.packing,
     )
     return self.out(sharding.constrain(o, heads))
 

@@ -57,7 +57,7 @@ class Run:
     self.mesh = mesh or sharding.make_mesh({"fsdp": -1})
     self.rules = tuple(self.cfg.sharding.rules)
     dit_cfg = dit.DiTConfig.from_config(
-      self.cfg.model, self.geom.patch_dim, self.tokenizer.vocab_size
+      self.cfg.model, self.geom.patch_dim, self.tokenizer.vocab_size, dit.packing_of(self.cfg.data)
     )
     self.model = ShardedModel(dit_cfg, self.mesh, self.rules, dit.DiT)
     self._params = None

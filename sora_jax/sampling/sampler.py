@@ -26,6 +26,8 @@ from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
 
 SAMPLERS = ("euler", "heun")
+# What the sampler reads from packed rows ("tokens": the noise it starts from).
+ROW_KEYS = ("tokens", "coords", "segment_ids", "text_ids", "text_segment_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +98,16 @@ class Sampler:
     params,
     flow_cfg: flow.FlowConfig,
     num_segments: int,
+    *,
+    batch_guidance: bool = True,
   ):
+    """`batch_guidance`: the conditional and unconditional passes run as one batched call
+    (the default); False runs them one after the other (for measuring the difference)."""
     self.model = model
     self.params = params
     self.flow_cfg = flow_cfg
     self.num_segments = num_segments
+    self.batch_guidance = batch_guidance
     self._step = jax.jit(self._step_impl, static_argnames=("method", "guided"))
 
   def _velocity(self, params, x, t, rows, cfg_scale, guided):
@@ -110,6 +117,13 @@ class Sampler:
         x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"]
       )
       return flow.velocity(out, x, t, self.flow_cfg)
+    if not self.batch_guidance:
+      coords, seg = rows["coords"], rows["segment_ids"]
+      cond = net(x, coords, seg, t, rows["text_ids"], rows["text_segment_ids"])
+      uncond = net(x, coords, seg, t, rows["uncond_text_ids"], rows["uncond_text_segment_ids"])
+      v_cond = flow.velocity(cond, x, t, self.flow_cfg)
+      v_uncond = flow.velocity(uncond, x, t, self.flow_cfg)
+      return v_uncond + cfg_scale * (v_cond - v_uncond)
     both = lambda a, b: jnp.concatenate([a, b], axis=0)
     out = net(
       both(x, x),
@@ -166,8 +180,7 @@ class Sampler:
     if steps < 1:
       raise RequestError(f"--steps={steps}; must be at least 1")
     guided = cfg_scale != 1.0
-    keys = ["coords", "segment_ids", "text_ids", "text_segment_ids"]
-    device_rows = {k: rows[k] for k in keys}
+    device_rows = {k: rows[k] for k in ROW_KEYS if k != "tokens"}
     if guided:
       uids, useg = unconditional_text(rows["segment_ids"], rows["text_ids"].shape[1])
       device_rows.update(uncond_text_ids=uids, uncond_text_segment_ids=useg)

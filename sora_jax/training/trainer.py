@@ -37,7 +37,7 @@ class Trainer:
     self.mesh = mesh
     self.rules = tuple(cfg.sharding.rules)
     self.dit_cfg = dit.DiTConfig.from_config(
-      cfg.model, latent.geometry_for(cfg).patch_dim, vocab_size
+      cfg.model, latent.geometry_for(cfg).patch_dim, vocab_size, dit.packing_of(cfg.data)
     )
     self.model = ShardedModel(self.dit_cfg, mesh, self.rules, dit.DiT)
     self.counts = flops.param_counts(self.model.abstract_params)
