@@ -61,7 +61,8 @@ def sharded_attention(
   q_spec = sharding.spec(("batch", q_length, "act_heads", None), rules, mesh, q.shape)
   kv_spec = sharding.spec(("batch", kv_length, "act_heads", None), rules, mesh, k.shape)
   q_seq, kv_seq = q_spec[1] == AXIS, kv_spec[1] == AXIS
-  if attention_lib.resolve_backend(backend, packed=packing is not None) == "xla" and not kv_seq:
+  chosen = attention_lib.chosen_backend(backend, q.shape[1], k.shape[1], packing)
+  if chosen == "xla" and not kv_seq:
     return attention_lib.attention(*args, mask=mask, backend=backend)
   if kv_seq and not q_seq:
     raise ValueError("keys are sharded over the context axis but queries are not")
