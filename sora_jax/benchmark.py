@@ -268,7 +268,8 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
   """
   seg = np.concatenate([np.asarray(b["segment_ids"]) for b in batches])
   rows, length = seg.shape
-  useful = sum(int(np.sum(r == s)) ** 2 for r in seg for s in set(r.tolist()) - {0})
+  w = attention_block_sparse.waste(seg, attention_block_sparse.choose_block(packing), packing)
+  useful = w["useful_pairs"]
   out = {"attention_useful_fraction": useful / (rows * length * length)}
   for name, padded_len in (
     ("xla", length),
@@ -276,7 +277,6 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
     ("splash_tpu", attention_splash.blocking(length)[1]),
   ):
     out[f"attention_waste_{name}"] = 1.0 - useful / (rows * padded_len * padded_len)
-  w = attention_block_sparse.waste(seg, attention_block_sparse.choose_block(packing), packing)
   out[f"attention_waste_block_sparse@{w['block']}"] = w["waste"]
   out["attention_block_sparse_bound_fraction"] = w["bound_fraction_of_dense"]
   return out

@@ -22,6 +22,9 @@ def test_training_benchmark_reports_throughput_memory_and_packing_ratio(tiny_dat
   assert 0 < result["padded_real_token_fraction"] <= 1
   assert result["compiled_bytes_per_device_gb"] > 0
   assert result["params"] > 0
+  waste = {k: v for k, v in result.items() if k.startswith("attention_waste_")}
+  assert {"attention_waste_xla", "attention_waste_pallas_gpu"} <= set(waste)
+  assert all(0 <= v < 1 for v in waste.values()) and 0 < result["attention_useful_fraction"] < 1
 
 
 def test_data_benchmark_reports_packing_against_buckets(tiny_data_dir):

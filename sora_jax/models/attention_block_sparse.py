@@ -230,7 +230,8 @@ def _block_pairs(q, k, v, q_seg, kv_seg, mask, qi, kj, valid, block, scale, nq):
 def waste(segment_ids, block: int, packing: Packing | None = None) -> dict[str, float]:
   """What this backend computes on rows `segment_ids [B, L]` (numpy), against what is needed.
 
-  useful     same-segment (query, key) pairs (the logits a per-example model computes)
+  useful     same-segment (query, key) pairs (the logits a per-example model computes);
+             "useful_pairs" counts them
   computed   block pairs x block^2 over the listed pairs that exist (chunk padding aside)
   bound      the static pair bound x block^2 (memory; and the work if nothing were skipped)
   """
@@ -244,6 +245,7 @@ def waste(segment_ids, block: int, packing: Packing | None = None) -> dict[str, 
   bound = limit * block * block * seg.shape[0]
   return {
     "block": block,
+    "useful_pairs": useful,
     "useful_fraction_of_dense": useful / (seg.shape[0] * length * length),
     "waste": 1.0 - useful / max(computed, 1),
     "computed_fraction_of_dense": computed / (seg.shape[0] * length * length),
