@@ -1,10 +1,17 @@
-"""Reads colour, shape, motion and background back from the pixels of a synthetic-style clip.
+"""Reads colour, shape, motion, background and style back from the pixels of a synthetic-style clip.
 
 It scores videos a model generated from synthetic captions, so it expects blur
 and noise. Steps:
 
-  background  per-channel median of the border pixels of every frame, matched
-              to the nearest background colour;
+  stripes     the per-row median colour over all frames and columns is the
+              background of each row (the object covers under half of any
+              row); rows split into a lighter and a darker shade, and two
+              shades at least STRIPE_CONTRAST apart in MIN_BANDS bands or more are a
+              striped background, whose base shade is the one nearer a
+              background colour;
+  background  plain: per-channel median of the border pixels of every frame;
+              striped: the base shade, with each row's own colour subtracted
+              below; matched to the nearest background colour;
   colour      on a 3x3 box-filtered copy (a third of the noise), the top 0.4%
               of pixels by distance from the background lie on the object;
               pixels beyond half that distance are foreground, and their
@@ -16,6 +23,11 @@ and noise. Steps:
               area and centroid are drawn with the dataset's own renderer,
               sharp and Gaussian-blurred, and the one that fits best summed
               over up to 8 frames wins;
+  outline     background pixels of an object's box enclosed by object pixels
+              on its row and its column are a hole: their share of the
+              object's filled area is the hole fraction, and above
+              OUTLINE_HOLE the object is outlined; holes are filled before
+              the shape is fitted;
   motion      the median slope (Theil-Sen) of the per-frame centroids gives the
               displacement over the clip relative to the frame size; below
               `still_threshold` it is "standing still". Images have motion None.
@@ -37,6 +49,8 @@ from data_pipelines.vocab import (
   MOTIONS,
   SHAPES,
   STILL,
+  STYLES,
+  caption_style,
   parse_caption,
 )
 
@@ -45,8 +59,11 @@ __all__ = [
   "COLORS",
   "MOTIONS",
   "SHAPES",
+  "STYLES",
+  "caption_style",
   "parse_caption",
   "read_attributes",
+  "read_style",
   "score",
 ]
 
@@ -54,6 +71,10 @@ MIN_CONTRAST = 40.0  # RGB distance below which no object is reported.
 _TOP_FRACTION = 0.004  # Smallest object area expected, as a fraction of all pixels.
 _SHAPE_FRAMES = 8  # Frames the shape is fitted on.
 _BLUR = (0.7, 1.4)  # Gaussian blurs (pixels) tried on the templates besides none.
+STRIPE_CONTRAST = 40.0  # RGB distance between the background's two shades that makes it striped,
+MIN_BANDS = 4  # in at least this many bands (rows crossing a big object make 3 on a plain one).
+HOLE_LEVELS = (0.5, 0.7)  # Coverage levels at which holes are looked for.
+OUTLINE_HOLE = 0.04  # Hole fraction of the object above which it is outlined (filled: 0).
 
 
 def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
@@ -86,6 +107,10 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   Returns:
     color, shape, motion, background: vocabulary words; color, shape and
       motion are None when no object is found, motion also for 1-frame clips.
+    outlined, striped: whether each style shows (see `read_style`).
+    hole_fraction: median over up to 8 frames of the object's hole as a fraction of
+      its filled area (0 for a filled object, 0.2 to 0.5 for a ring).
+    stripe_contrast: RGB distance between the background's two shades (0 if plain).
     found: whether an object stands out from the background.
     contrast: RGB distance between object and background.
     color_rgb, background_rgb: the measured colours.
@@ -102,15 +127,26 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   t, h, w, _ = x.shape
 
   b = max(1, min(h, w) // 16)
-  border = np.concatenate(
-    [
-      x[:, :b].reshape(-1, 3),
-      x[:, -b:].reshape(-1, 3),
-      x[:, b:-b, :b].reshape(-1, 3),
-      x[:, b:-b, -b:].reshape(-1, 3),
-    ]
-  )
-  bg = np.median(border, axis=0)
+  rows = np.median(x, axis=(0, 2))  # [H, 3]
+  stripe_contrast, base = _stripes(rows)
+  striped = base is not None
+  if striped:
+    bg = base
+    # Each row's own background, [H, 1, 3], and its 3-row mean to compare the box filter with.
+    rows = rows[:, None, :]
+    p = np.pad(rows, ((1, 1), (0, 0), (0, 0)), mode="edge")
+    bg_img, bg_smooth = rows, (p[:-2] + p[1:-1] + p[2:]) / 3.0
+  else:
+    border = np.concatenate(
+      [
+        x[:, :b].reshape(-1, 3),
+        x[:, -b:].reshape(-1, 3),
+        x[:, b:-b, :b].reshape(-1, 3),
+        x[:, b:-b, -b:].reshape(-1, 3),
+      ]
+    )
+    bg = np.median(border, axis=0)
+    bg_img = bg_smooth = bg
   out: dict[str, Any] = {
     "color": None,
     "shape": None,
@@ -123,12 +159,16 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     "shape_errors": None,
     "displacement": None,
     "detected_frames": 0.0,
+    "outlined": False,
+    "striped": striped,
+    "hole_fraction": 0.0,
+    "stripe_contrast": stripe_contrast,
   }
 
   # Detection works on a 3x3 box-filtered copy, which cuts pixel noise by 3;
   # centroids and shapes on the unfiltered coverage, where noise is zero-mean.
   smooth = _box3(x)
-  dist = np.linalg.norm(smooth - bg, axis=-1)  # [T, H, W]
+  dist = np.linalg.norm(smooth - bg_smooth, axis=-1)  # [T, H, W]
   contrast = float(np.quantile(dist, 1.0 - _TOP_FRACTION))
   out["contrast"] = contrast
   if contrast < MIN_CONTRAST:
@@ -141,7 +181,10 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   if float(v @ v) < 1.0:
     return out
   v = v / float(v @ v)
-  cov = ((x - bg) * v).sum(axis=-1)  # [T, H, W]
+  if striped:  # Per row, towards the object colour from that row's background.
+    v = fg_rgb - bg_img
+    v = v / np.maximum((v * v).sum(axis=-1, keepdims=True), 1.0)  # [H, 1, 3]
+  cov = ((x - bg_img) * v).sum(axis=-1)  # [T, H, W]
   # Clipping of noise at 0 and 255 shifts the background off 0: measure the
   # shift on border pixels the object does not touch.
   edge = np.concatenate(
@@ -150,7 +193,7 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   edge = edge[np.abs(edge) < 0.25]
   bias = float(edge.mean()) if edge.size else 0.0
   cov -= bias
-  cov_smooth = ((smooth - bg) * v).sum(axis=-1) - bias
+  cov_smooth = ((smooth - bg_smooth) * v).sum(axis=-1) - bias
 
   objects = [_locate(cov[i], cov_smooth[i]) for i in range(t)]
   detected = [i for i, o in enumerate(objects) if o is not None]
@@ -158,12 +201,21 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   if not detected:
     return out
 
-  # Shape: sum each template's misfit over up to _SHAPE_FRAMES detected frames.
-  pick = [detected[j] for j in np.linspace(0, len(detected) - 1, _SHAPE_FRAMES).round().astype(int)]
+  # Shape and outline on up to _SHAPE_FRAMES detected frames: measure and fill
+  # the object's hole, locate the filled object again, and sum each template's
+  # misfit. (Motion keeps the unfilled centroids, which move alike.)
+  pick = sorted(
+    {detected[j] for j in np.linspace(0, len(detected) - 1, _SHAPE_FRAMES).round().astype(int)}
+  )
   errors = dict.fromkeys(SHAPES, 0.0)
-  for i in sorted(set(pick)):
-    for shape, err in _shape_errors(cov[i], objects[i]).items():
-      errors[shape] += err / len(set(pick))
+  holes = []
+  for i in pick:
+    filled = cov[i].copy()
+    holes.append(_fill_hole(filled, objects[i][2]))
+    for shape, err in _shape_errors(filled, _locate(filled, cov_smooth[i]) or objects[i]).items():
+      errors[shape] += err / len(pick)
+  out["hole_fraction"] = float(np.median(holes))
+  out["outlined"] = out["hole_fraction"] > OUTLINE_HOLE
   out["shape_errors"] = errors
   out["shape"] = min(errors, key=errors.get)
 
@@ -182,6 +234,58 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     else:
       out["motion"] = "moving down" if dy > 0 else "moving up"
   return out
+
+
+def _stripes(rows: np.ndarray) -> tuple[float, np.ndarray | None]:
+  """(contrast, base colour) of a striped background from its row colours `[H, 3]`.
+
+  The base colour is None unless the rows form at least MIN_BANDS bands of two shades
+  at least STRIPE_CONTRAST apart; contrast is their RGB distance (0 with one band).
+  """
+  light = rows.mean(axis=-1)  # [H]
+  lo, hi = np.quantile(light, [0.05, 0.95])
+  upper = light > (lo + hi) / 2
+  if upper.all() or not upper.any():
+    return 0.0, None
+  shades = np.median(rows[upper], axis=0), np.median(rows[~upper], axis=0)
+  contrast = float(np.linalg.norm(shades[0] - shades[1]))
+  bands = 1 + int(np.count_nonzero(upper[1:] != upper[:-1]))
+  if contrast < STRIPE_CONTRAST or bands < MIN_BANDS:
+    return contrast, None
+  palette = np.asarray(list(BACKGROUND_RGB.values()), np.float32)
+  near = [float(np.linalg.norm(palette - s, axis=-1).min()) for s in shades]
+  return contrast, shades[int(np.argmin(near))]
+
+
+def _fill_hole(cov: np.ndarray, box: tuple[int, int, int, int]) -> float:
+  """Sets the hole of the object in `box` of one frame's coverage `[H, W]` to 1, in place.
+
+  At a coverage level, a hole pixel is below it with pixels above it left and
+  right in its row and above and below in its column. Every level set of a
+  convex shape, blurred or not, is convex, so a filled one has none; blur makes
+  a small ring's hole shallow, so the levels of HOLE_LEVELS with the largest
+  hole counts. The hole grown by a pixel (its blurred rim) is filled.
+  Returns the hole's share of the filled object's pixels.
+  """
+  y0, y1, x0, x1 = box
+  roi = cov[y0:y1, x0:x1]
+  best, fraction = None, 0.0
+  for level in HOLE_LEVELS:
+    m = roi > level
+    hole = ~m
+    for axis in (0, 1):
+      hole &= np.logical_or.accumulate(m, axis=axis)
+      hole &= np.flip(np.logical_or.accumulate(np.flip(m, axis), axis=axis), axis)
+    n = int(hole.sum())
+    if n and n / (n + int(m.sum())) > fraction:
+      best, fraction = hole, n / (n + int(m.sum()))
+  if best is None:
+    return 0.0
+  grown = np.pad(best, 1)
+  grown = grown[:-2] | grown[1:-1] | grown[2:]
+  grown = grown[:, :-2] | grown[:, 1:-1] | grown[:, 2:]
+  roi[grown] = np.maximum(roi[grown], 1.0)
+  return fraction
 
 
 def _box3(x: np.ndarray) -> np.ndarray:
@@ -251,14 +355,34 @@ def _shape_errors(cov: np.ndarray, obj) -> dict[str, float]:
   return errors
 
 
+def read_style(frames: np.ndarray) -> dict[str, float | bool]:
+  """Which styles (vocab.STYLES) uint8 frames `[T, H, W, 3]` show, from their pixels alone.
+
+  Returns, for each style, whether it shows and a `{style}_score`:
+  outlined_score is the object's hole fraction (0 filled, ~0.2-0.5 a ring;
+  outlined above OUTLINE_HOLE), striped_score the RGB distance between the
+  background's two shades (0 plain, 111 as drawn; striped from STRIPE_CONTRAST).
+  """
+  got = read_attributes(frames)
+  return {
+    "outlined": bool(got["outlined"]),
+    "outlined_score": got["hole_fraction"],
+    "striped": bool(got["striped"]),
+    "striped_score": got["stripe_contrast"],
+  }
+
+
 def score(frames: np.ndarray, caption: str, still_threshold: float = 0.08) -> dict[str, bool]:
   """Whether each attribute a canonical caption names is what the frames show.
 
-  Returns color, shape, background, motion (videos only) and all.
+  Returns color, shape, background, motion (videos only), style (captions with
+  a style phrase only: whether that style shows) and all.
   """
   want = parse_caption(caption)
   got = read_attributes(frames, still_threshold)
   keys = ["color", "shape", "background"] + (["motion"] if want["motion"] else [])
   result = {k: got[k] == want[k] for k in keys}
+  if want["style"]:
+    result["style"] = bool(got[want["style"]])
   result["all"] = all(result.values())
   return result

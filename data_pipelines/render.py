@@ -10,6 +10,11 @@ is captioned correctly too.
 Drawing is vectorized over all frames: each pixel's signed distance to the
 shape's edge gives a coverage in [0, 1] (one pixel of anti-aliasing), which
 blends the object colour over the background.
+
+Styles (vocab.STYLES, --style; none by default) change the look, never the
+scene: "outlined" draws only a ring of the object (OUTLINE_FRACTION of its
+side wide), "striped" the background in horizontal bands alternating its colour
+with STRIPE_RGB. Both scale with the object or frame, so they survive resizing.
 """
 
 from __future__ import annotations
@@ -23,6 +28,33 @@ import numpy as np
 from data_pipelines import schema, shards, vocab
 
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4")  # width:height
+STYLES = vocab.STYLES  # Style -> the phrase its captions end in.
+
+OUTLINE_FRACTION = 0.16  # Ring width of "outlined", as a fraction of the object's side,
+MIN_OUTLINE = 2.0  # but at least this many pixels, and at most half the shape's inradius.
+# Inradius of each shape as a fraction of its side (the triangle's base and height are the side).
+INRADIUS = {"circle": 0.5, "square": 0.5, "triangle": 1 / (1 + math.sqrt(5))}
+# The second shade of each background in "striped": 111 (RGB distance) from both
+# background colours, so the base shade is the one nearest a background colour,
+# and over 100 from every object colour.
+STRIPE_RGB: dict[str, vocab.Rgb] = {"black": (64, 64, 64), "gray": (192, 192, 192)}
+MIN_STRIPE = 4  # Band height in pixels at least; else an eighth of the frame's shorter side.
+
+
+def outline_width(shape: str, size: float) -> float:
+  """Ring width in pixels of an "outlined" `shape` of side `size`.
+
+  OUTLINE_FRACTION of the side, at least MIN_OUTLINE pixels, but at most half
+  the inradius (a quarter of a circle's or square's side, 15.5% of a
+  triangle's), so the hole is at least half the shape's scale and shows even
+  on small objects.
+  """
+  return min(max(MIN_OUTLINE, OUTLINE_FRACTION * size), INRADIUS[shape] * size / 2)
+
+
+def stripe_band(height: int, width: int) -> int:
+  """Height in pixels of each band of a "striped" background (the period is twice that)."""
+  return max(MIN_STRIPE, round(min(height, width) / 8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +71,7 @@ class SceneConfig:
   max_object: float = 0.4
   min_travel: float = 0.4  # Distance moved over the clip, as a fraction of the free range.
   max_travel: float = 0.9
+  style: str = ""  # One of STYLES, or "" for none.
 
   def validate(self) -> SceneConfig:
     """Raises ValueError naming the flag, the value and what is allowed."""
@@ -75,6 +108,8 @@ class SceneConfig:
         f"--min_travel={self.min_travel} --max_travel={self.max_travel}; "
         "need 0 <= min_travel <= max_travel <= 1"
       )
+    if self.style and self.style not in STYLES:
+      raise ValueError(f"--style={self.style!r}; allowed: {', '.join(STYLES)} or '' (none)")
     return self
 
 
@@ -110,6 +145,7 @@ class Scene:
   size: float  # Side of the object's bounding box, pixels.
   start: tuple[float, float]  # (x, y) centre of the bounding box in frame 0, pixels.
   velocity: tuple[float, float]  # (dx, dy) pixels per frame.
+  style: str = ""  # One of STYLES, or "" for none.
 
   def centers(self) -> np.ndarray:
     """Bounding-box centre (x, y) in every frame, float64 `[T, 2]`."""
@@ -118,19 +154,20 @@ class Scene:
 
   @property
   def caption(self) -> str:
-    return vocab.caption(self.color, self.shape, self.motion, self.background)
+    return vocab.caption(self.color, self.shape, self.motion, self.background, self.style)
 
   def attributes(self) -> dict[str, str]:
     """Ground truth stored with the example; every value a string.
 
     speed: pixels per frame as a fraction of the frame side along the motion;
     travel: the whole clip's displacement as the same fraction; motion is ""
-    for images.
+    for images. Styled scenes add style and its size: outline_width or
+    stripe_band, in pixels.
     """
     side = self.width if self.velocity[0] else self.height
     speed = math.hypot(*self.velocity) / side
     end = self.centers()[-1]
-    return {
+    out = {
       "color": self.color,
       "shape": self.shape,
       "motion": self.motion or "",
@@ -143,12 +180,22 @@ class Scene:
       "end": f"{end[0]:.2f},{end[1]:.2f}",
       "aspect_ratio": shards.aspect_label(self.height, self.width),
     }
+    if self.style:  # Unstyled examples keep exactly the attributes they had before styles.
+      out["style"] = self.style
+      if self.style == "outlined":
+        out["outline_width"] = f"{outline_width(self.shape, self.size):.2f}"
+      elif self.style == "striped":
+        out["stripe_band"] = str(stripe_band(self.height, self.width))
+    return out
 
 
 def sample_scene(
   rng: np.random.Generator, config: SceneConfig, combos: Sequence[tuple[str, str]]
 ) -> Scene:
-  """Draws one scene; `combos` are the (color, shape) pairs allowed in this split."""
+  """Draws one scene; `combos` are the (color, shape) pairs allowed in this split.
+
+  The style draws nothing from `rng`: a styled scene is the unstyled one restyled.
+  """
   is_image = rng.random() < config.image_fraction
   num_frames = 1 if is_image else int(rng.integers(config.min_frames, config.max_frames + 1))
   ratio = config.aspect_ratios[rng.integers(len(config.aspect_ratios))]
@@ -183,6 +230,7 @@ def sample_scene(
     size=float(size),
     start=(start[0], start[1]),
     velocity=(velocity[0], velocity[1]),
+    style=config.style,
   )
 
 
@@ -197,6 +245,7 @@ def coverage(
   xs: np.ndarray,
   ys: np.ndarray,
   softness: float = 1.0,
+  outline: float = 0.0,
 ) -> np.ndarray:
   """Fraction of each pixel the shape covers, float32 `[T, len(ys), len(xs)]`.
 
@@ -206,6 +255,8 @@ def coverage(
     size: side of the bounding box in pixels.
     xs, ys: pixel-centre coordinates of the columns and rows to evaluate.
     softness: width in pixels of the linear ramp across the edge (1 = anti-aliased).
+    outline: > 0: only a ring this many pixels wide inside the edge (the
+      distances are exact inside these convex shapes, so the ring's width is even).
   """
   dx = np.asarray(xs, np.float32)[None, None, :] - np.asarray(cx, np.float32)[:, None, None]
   dy = np.asarray(ys, np.float32)[None, :, None] - np.asarray(cy, np.float32)[:, None, None]
@@ -219,13 +270,27 @@ def coverage(
     d = np.maximum(dy - r, (np.abs(2 * dx) - from_apex) / np.float32(_SQRT5))
   else:
     raise ValueError(f"unknown shape {shape!r}; allowed: {vocab.SHAPES}")
-  return np.clip(0.5 - d / np.float32(softness), 0.0, 1.0)
+  cov = np.clip(0.5 - d / np.float32(softness), 0.0, 1.0)
+  if outline > 0:
+    cov -= np.clip(0.5 - (d + np.float32(outline)) / np.float32(softness), 0.0, 1.0)
+  return cov
+
+
+def background(scene: Scene) -> np.ndarray:
+  """The background of the scene's frames, float32: `[3]`, or `[H, 1, 3]` per row if striped."""
+  bg = np.asarray(vocab.BACKGROUND_RGB[scene.background], np.float32)
+  if scene.style != "striped":
+    return bg
+  band = stripe_band(scene.height, scene.width)
+  tint = np.asarray(STRIPE_RGB[scene.background], np.float32)
+  odd = (np.arange(scene.height) // band) % 2 == 1  # Bands of the base colour first.
+  return np.where(odd[:, None, None], tint, bg)
 
 
 def draw(scene: Scene) -> np.ndarray:
   """The scene's frames, uint8 `[T, H, W, 3]`."""
   t, h, w = scene.num_frames, scene.height, scene.width
-  bg = np.asarray(vocab.BACKGROUND_RGB[scene.background], np.float32)
+  bg = background(scene)  # [3] or [H, 1, 3]
   fg = np.asarray(vocab.COLOR_RGB[scene.color], np.float32)
   frames = np.empty((t, h, w, 3), np.uint8)
   frames[...] = bg.astype(np.uint8)
@@ -238,7 +303,10 @@ def draw(scene: Scene) -> np.ndarray:
   y1 = min(h, math.ceil(c[:, 1].max() + pad))
   xs = np.arange(x0, x1, dtype=np.float32) + 0.5
   ys = np.arange(y0, y1, dtype=np.float32) + 0.5
-  cov = coverage(scene.shape, c[:, 0], c[:, 1], scene.size, xs, ys)  # [T, h', w']
+  outline = outline_width(scene.shape, scene.size) if scene.style == "outlined" else 0.0
+  cov = coverage(scene.shape, c[:, 0], c[:, 1], scene.size, xs, ys, outline=outline)  # [T, h', w']
+  if bg.ndim == 3:
+    bg = bg[y0:y1]  # [h', 1, 3]
   box = bg + cov[..., None] * (fg - bg)
   frames[:, y0:y1, x0:x1] = np.rint(box).astype(np.uint8)
   return frames

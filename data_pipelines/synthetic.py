@@ -9,6 +9,13 @@ up or down in a straight line or standing still, captioned exactly
   a {color} {shape} on a {background} background             (images, 1 frame)
 
 at a random size and aspect ratio (1:1, 16:9, 9:16, 4:3, 3:4) and length.
+--style=outlined|striped draws every example of both splits in a style the
+default data never shows (the object as a ring, or a banded background) and
+ends every caption in the style's phrase (vocab.STYLES), e.g.
+
+  a red circle moving left on a black background hollow
+
+Example i is then example i of the unstyled dataset, restyled.
 Frames are stored losslessly ("raw+zlib") with the ground truth in the
 example's attributes. The (color, shape) pairs of --heldout never appear in
 the train split; the eval split holds only them, to measure compositional
@@ -61,6 +68,7 @@ class Options:
   max_travel: float = 0.9
   num_workers: int = 0  # 0: os.cpu_count().
   examples_per_shard: int = 500
+  style: str = ""  # One of render.STYLES; "": none (the default data, unchanged).
 
   @property
   def eval_examples(self) -> int:
@@ -78,6 +86,7 @@ class Options:
       max_object=self.max_object,
       min_travel=self.min_travel,
       max_travel=self.max_travel,
+      style=self.style,
     )
 
 
@@ -155,7 +164,9 @@ def make_example(
   data, fmt = media.encode_raw(render.draw(scene))
   captions = [scene.caption]
   if paraphrases:
-    captions += vocab.paraphrases(scene.color, scene.shape, scene.motion, scene.background)
+    captions += vocab.paraphrases(
+      scene.color, scene.shape, scene.motion, scene.background, scene.style
+    )
   return schema.Example(
     media=data,
     media_format=fmt,
@@ -291,6 +302,7 @@ def generate(opts: Options, show_progress: bool = True) -> dict[str, Any]:
       "backgrounds": {k: list(v) for k, v in vocab.BACKGROUND_RGB.items()},
       "caption_video": vocab.VIDEO_TEMPLATE,
       "caption_image": vocab.IMAGE_TEMPLATE,
+      "styles": dict(vocab.STYLES),
     },
     "heldout": [list(p) for p in parse_heldout(opts.heldout)],
   }
@@ -323,6 +335,8 @@ _HELP = {
   "max_travel": "Most distance moved over a clip, as a fraction of the room the object has (<= 1).",
   "num_workers": "Processes writing shards; 0: os.cpu_count().",
   "examples_per_shard": "Examples per ArrayRecord shard.",
+  "style": f"Visual style of every example, its phrase ending each caption: "
+  f"{', '.join(f'{k} ({v!r})' for k, v in render.STYLES.items())}; '': none.",
 }
 _DEFINE = {
   int: flags.DEFINE_integer,

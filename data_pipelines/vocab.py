@@ -5,6 +5,11 @@ Captions, exactly (the canonical caption is always captions[0]):
   video: "a {color} {shape} {motion} on a {background} background"
   image: "a {color} {shape} on a {background} background"
 
+and with a style (--style), every caption ends in that style's phrase:
+"a red circle moving left on a black background hollow". Phrases are words
+the base tokenizer splits into few pieces (no comma: base captions have none,
+so it would be <unk>), keeping a styled video caption within 14 tokens.
+
 `render` draws from this vocabulary, `readback` maps pixels back onto it, and
 `parse_caption` maps a canonical caption back to its attributes, so generated
 videos can be scored against the prompts they were made from.
@@ -46,6 +51,11 @@ MOTION_DIRECTION: dict[str, tuple[int, int]] = {
   STILL: (0, 0),
 }
 
+# Visual styles the base data never shows (--style), each with the phrase its
+# captions end in: "outlined" draws the object as a ring, "striped" the background
+# in horizontal bands of two shades.
+STYLES: dict[str, str] = {"outlined": "hollow", "striped": "striped"}
+
 VIDEO_TEMPLATE = "a {color} {shape} {motion} on a {background} background"
 IMAGE_TEMPLATE = "a {color} {shape} on a {background} background"
 
@@ -62,18 +72,41 @@ _IMAGE_PARAPHRASES = (
 )
 
 
-def caption(color: str, shape: str, motion: str | None, background: str) -> str:
-  """The canonical caption; `motion` None means a still image."""
+def with_style(text: str, style: str) -> str:
+  """`text` with the phrase of `style` appended; "" (no style) leaves it as it is."""
+  if not style:
+    return text
+  if style not in STYLES:
+    raise ValueError(f"unknown style {style!r}; allowed: {', '.join(STYLES)} or '' (none)")
+  return f"{text} {STYLES[style]}"
+
+
+def caption_style(text: str) -> str | None:
+  """The style whose phrase ends `text` (any caption, paraphrases too), or None."""
+  words = text.strip()
+  for style, phrase in STYLES.items():
+    if words.endswith(f" {phrase}"):
+      return style
+  return None
+
+
+def caption(color: str, shape: str, motion: str | None, background: str, style: str = "") -> str:
+  """The canonical caption; `motion` None means a still image, `style` "" no style."""
   if motion is None:
-    return IMAGE_TEMPLATE.format(color=color, shape=shape, background=background)
-  return VIDEO_TEMPLATE.format(color=color, shape=shape, motion=motion, background=background)
+    text = IMAGE_TEMPLATE.format(color=color, shape=shape, background=background)
+  else:
+    text = VIDEO_TEMPLATE.format(color=color, shape=shape, motion=motion, background=background)
+  return with_style(text, style)
 
 
-def paraphrases(color: str, shape: str, motion: str | None, background: str) -> list[str]:
+def paraphrases(
+  color: str, shape: str, motion: str | None, background: str, style: str = ""
+) -> list[str]:
   """Alternative wordings of the same scene (never the canonical caption)."""
   templates = _IMAGE_PARAPHRASES if motion is None else _VIDEO_PARAPHRASES
   return [
-    t.format(color=color, shape=shape, motion=motion, background=background) for t in templates
+    with_style(t.format(color=color, shape=shape, motion=motion, background=background), style)
+    for t in templates
   ]
 
 
@@ -85,11 +118,14 @@ _CAPTION_RE = re.compile(
   rf"a (?P<color>{_alternation(COLORS)}) (?P<shape>{_alternation(SHAPES)})"
   rf"(?: (?P<motion>{_alternation(MOTIONS)}))? on a (?P<background>{_alternation(BACKGROUNDS)})"
   r" background"
+  rf"(?: (?P<style>{_alternation(STYLES.values())}))?"
 )
+_STYLE_OF_PHRASE = {phrase: style for style, phrase in STYLES.items()}
 
 
 def parse_caption(text: str) -> dict[str, str | None]:
-  """Attributes of a canonical caption: color, shape, motion (None for images), background.
+  """Attributes of a canonical caption: color, shape, motion (None for images), background
+  and style (the style whose phrase ends it, or None).
 
   Raises:
     ValueError: `text` is not a canonical caption of this vocabulary.
@@ -98,6 +134,9 @@ def parse_caption(text: str) -> dict[str, str | None]:
   if m is None:
     raise ValueError(
       f"caption {text!r} is not of the form {VIDEO_TEMPLATE!r} or {IMAGE_TEMPLATE!r} "
-      "with the synthetic vocabulary"
+      "with the synthetic vocabulary, optionally followed by a style phrase "
+      f"({', '.join(STYLES.values())})"
     )
-  return m.groupdict()
+  out = m.groupdict()
+  out["style"] = _STYLE_OF_PHRASE.get(out["style"])
+  return out

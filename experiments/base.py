@@ -10,6 +10,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # An exported model directory (sora_jax.export) to start from: its weights, tokenizer and
+  # autoencoder. With lora.rank > 0 only the adapters train on top of it.
+  c.init_from = ""
 
   # Input pipeline (data_pipelines.pipeline.Options; see docs/data.md).
   c.data = dict(
@@ -62,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
     pooled_text=True,  # Mean caption embedding added to the timestep embedding (adaLN).
     text=dict(width=512, depth=4, heads=8, mlp_ratio=4.0),
   )
+
+  # Low-rank adapters (sora_jax.models.lora): rank 0 = none. With rank > 0 only the
+  # adapters train; targets: self_attention, cross_attention, mlp.
+  c.lora = dict(rank=0, alpha=8.0, targets=("self_attention", "cross_attention", "mlp"))
 
   # Rectified flow (sora_jax.diffusion.flow.FlowConfig).
   c.flow = dict(

@@ -22,6 +22,7 @@ from absl import app, flags
 from data_pipelines import shards
 from sora_jax.core import checkpointing, distributed
 from sora_jax.evaluators import prompt_following
+from sora_jax.model_io import adapters
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler
 
@@ -30,6 +31,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+  flags.DEFINE_string("model", None, "An exported model directory (instead of --workdir).")
+  flags.DEFINE_multi_string("preset", [], "A LoRA adapter directory[:scale]; repeat to stack.")
   distributed.define_flags()
   flags.DEFINE_string("data_dir", None, "The synthetic dataset the prompts come from.")
   flags.DEFINE_string("split", "eval", "Split whose captions are the prompts.")
@@ -61,13 +64,15 @@ def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  for name in ("workdir", "data_dir"):
-    if not FLAGS[name].value:
-      sys.exit(f"error: --{name} is required")
+  if not FLAGS.data_dir:
+    sys.exit("error: --data_dir is required")
+  if bool(FLAGS.workdir) == bool(FLAGS.model):
+    sys.exit("error: pass one of --workdir=RUN or --model=EXPORT_DIR")
   distributed.initialize_from_flags()
   try:
     sizes = parse_sizes(FLAGS.sizes) if FLAGS.sizes else None
-    run = run_lib.load(FLAGS.workdir, FLAGS.step)
+    presets = [adapters.parse_spec(p) for p in FLAGS.preset]
+    run = run_lib.load(FLAGS.workdir or FLAGS.model, FLAGS.step, presets=presets)
     result = prompt_following.evaluate(
       run,
       FLAGS.data_dir,
@@ -82,6 +87,7 @@ def main(argv: Sequence[str]) -> None:
   except (
     sampler.RequestError,
     checkpointing.CheckpointError,
+    adapters.ExportError,
     shards.DatasetError,
     FileNotFoundError,
   ) as e:

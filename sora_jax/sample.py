@@ -2,13 +2,16 @@ r"""Generates videos and images from a trained checkpoint.
 
   python -m sora_jax.sample --workdir=DIR --prompt="a red circle moving left on a black background" \
       --width=72 --height=40 --num_frames=8 --output=out/samples
+  python -m sora_jax.sample --model=EXPORT_DIR --preset=ADAPTER_DIR:0.8 --prompt=...
 
 Prompts come from --prompt (repeatable) and/or --prompts_file: one prompt per
 line, or JSON lines {"prompt": ..., "width": ..., "height": ..., "num_frames": ...}
 to give each prompt its own size. All requests, of any size, are packed into
 rows and denoised together. Writes one mp4 per video (png when num_frames = 1)
 and contact_sheet.png into --output, using the EMA parameters of the latest
-(or --step) checkpoint.
+(or --step) checkpoint, or the weights of an exported model directory (--model,
+from sora_jax.export: no workdir needed). --preset applies LoRA adapters
+(style presets), each at its scale (default 1), merged into the weights.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from absl import app, flags
 
 from data_pipelines import contact_sheet, media
 from sora_jax.core import checkpointing, distributed
+from sora_jax.model_io import adapters
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler
 
@@ -32,6 +36,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+  flags.DEFINE_string("model", None, "An exported model directory (instead of --workdir).")
+  flags.DEFINE_multi_string("preset", [], "A LoRA adapter directory[:scale]; repeat to stack.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   distributed.define_flags()
   flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
@@ -126,8 +132,8 @@ def write_outputs(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not FLAGS.workdir:
-    sys.exit("error: --workdir is required")
+  if bool(FLAGS.workdir) == bool(FLAGS.model):
+    sys.exit("error: pass one of --workdir=RUN or --model=EXPORT_DIR")
   distributed.initialize_from_flags()
   try:
     requests = read_requests(
@@ -137,11 +143,19 @@ def main(argv: Sequence[str]) -> None:
       FLAGS.seed,
       FLAGS.num_variants,
     )
-    run = run_lib.load(FLAGS.workdir, FLAGS.step, autoencoder=FLAGS.autoencoder)
+    presets = [adapters.parse_spec(p) for p in FLAGS.preset]
+    run = run_lib.load(
+      FLAGS.workdir or FLAGS.model, FLAGS.step, autoencoder=FLAGS.autoencoder, presets=presets
+    )
     videos = run_lib.generate(
       run, requests, steps=FLAGS.steps, cfg_scale=FLAGS.cfg_scale, method=FLAGS.sampler
     )
-  except (sampler.RequestError, checkpointing.CheckpointError, FileNotFoundError) as e:
+  except (
+    sampler.RequestError,
+    checkpointing.CheckpointError,
+    adapters.ExportError,
+    FileNotFoundError,
+  ) as e:
     sys.exit(f"error: {e}")
   paths = write_outputs(
     FLAGS.output, requests, videos, FLAGS.fps or run.cfg.sample.fps, FLAGS.num_variants

@@ -2,6 +2,8 @@ r"""Trains a text-to-video diffusion transformer on packed spacetime patches.
 
   python -m sora_jax.train --config=experiments/demo.py --workdir=DIR \
       [--config.data.data_dir=DATA] [--config.train.num_steps=N] ...
+  python -m sora_jax.train --config=experiments/demo.py --workdir=DIR \
+      --config.init_from=EXPORT [--config.lora.rank=8]       # fine-tune, or train an adapter
 
 Reads top to bottom: config, mesh, workdir, input pipeline, model and optimizer,
 checkpoint restore, the update step, and the loop. Rerunning the same command
@@ -26,6 +28,8 @@ from data_pipelines import shards
 from data_pipelines import tokenizer as tokenizer_lib
 from sora_jax.core import checkpointing, configs, distributed, flops, metrics, sharding
 from sora_jax.diffusion import latent
+from sora_jax.model_io import adapters, model_dir
+from sora_jax.models import lora
 from sora_jax.training import guard, input_pipeline, validation
 from sora_jax.training.preemption import Preemption
 from sora_jax.training.trainer import Trainer
@@ -57,8 +61,19 @@ def train(cfg, workdir: str) -> dict[str, float]:
 
 def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
-  # Config and mesh.
+  # Config and mesh. Starting from an export (config.init_from), its tokenizer and
+  # autoencoder are used unless the config names others.
   # ----------------------------------------------------------------------------
+  base_model = None
+  if cfg.get("init_from"):
+    try:
+      base_model = model_dir.ModelDir(cfg.init_from)
+    except model_dir.ExportError as e:
+      raise configs.ConfigError(f"config.init_from={cfg.init_from}: {e}") from None
+    if not cfg.data.tokenizer:
+      cfg.data.tokenizer = base_model.tokenizer_path
+    if cfg.latent.get("kind") == "autoencoder" and not cfg.latent.autoencoder:
+      cfg.latent.autoencoder = base_model.autoencoder_dir
   validation.validate(cfg)
   try:
     mesh = sharding.make_mesh(cfg.mesh)
@@ -126,6 +141,20 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       data_iter,
       config_json,
     )
+  elif base_model is not None:
+    start = 0
+    base_abstract = lora.split(trainer.model.abstract_params)[0]
+    try:
+      base = base_model.restore_params(base_abstract, trainer.dit_cfg)
+    except model_dir.ExportError as e:
+      raise configs.ConfigError(f"config.init_from={cfg.init_from}: {e}") from None
+    state, ema = trainer.init(cfg.seed, base=base)
+    if is_writer:  # Adapters trained here record the base they belong to.
+      shards.atomic_write_json(
+        os.path.join(workdir, adapters.BASE_FILE),
+        {"path": base_model.path, "fingerprint": base_model.fingerprint},
+      )
+    logging.info("initialized from %s (fingerprint %s)", base_model.path, base_model.fingerprint)
   else:
     start = 0
     state, ema = trainer.init(cfg.seed)

@@ -20,15 +20,16 @@ PACKAGES = ("data_pipelines", "sora_jax")
 # only from folders below it; `sora_jax.training.input_pipeline` is the one module of
 # training that evaluators may use.
 BELOW_DIFFUSION = ("sora_jax.diffusion", "sora_jax.models", "sora_jax.core", "data_pipelines")
+BELOW_MODEL_IO = ("sora_jax.model_io",) + BELOW_DIFFUSION
 ALLOWED = {
   "data_pipelines": (),
   "sora_jax.core": ("data_pipelines",),
   "sora_jax.models": ("sora_jax.core", "data_pipelines"),
   "sora_jax.diffusion": BELOW_DIFFUSION[1:],
-  "sora_jax.training": BELOW_DIFFUSION,
-  "sora_jax.sampling": BELOW_DIFFUSION,
-  "sora_jax.evaluators": ("sora_jax.sampling", "sora_jax.training.input_pipeline")
-  + BELOW_DIFFUSION,
+  "sora_jax.model_io": BELOW_DIFFUSION,
+  "sora_jax.training": BELOW_MODEL_IO,
+  "sora_jax.sampling": BELOW_MODEL_IO,
+  "sora_jax.evaluators": ("sora_jax.sampling", "sora_jax.training.input_pipeline") + BELOW_MODEL_IO,
   "sora_jax.analysis": ("sora_jax.core", "data_pipelines"),
 }
 # data_pipelines modules that are libraries with a command line of their own

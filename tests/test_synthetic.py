@@ -98,7 +98,8 @@ def test_captions_follow_the_grammar_and_agree_with_attributes(dataset):
       assert e.fps == 8
     assert len(e.captions) == 1  # Paraphrases are off by default.
     want = {k: a[k] or None for k in ("color", "shape", "motion", "background")}
-    assert readback.parse_caption(cap) == want
+    assert readback.parse_caption(cap) == {**want, "style": None}
+    assert "style" not in a  # The default data has no style.
 
 
 def test_paraphrases_follow_the_canonical_caption():
@@ -303,6 +304,7 @@ def test_parse_caption_rejects_other_text():
     "shape": "circle",
     "motion": None,
     "background": "gray",
+    "style": None,
   }
   for bad in (
     "a purple circle on a gray background",

@@ -7,7 +7,8 @@ with `compression = (ct, ch, cw)`: time is causal, so T = 1 + ct * (t - 1), and
 H = ch * h, W = cw * w. `PixelStage` is the identity (compression 1).
 `AutoencoderStage` is the learned video autoencoder (sora_jax.models.autoencoder)
 restored from a directory written by `sora_jax.train_autoencoder` (or a copy
-exported beside a diffusion run). Its latents are normalized per channel,
+exported beside a diffusion run, or the safetensors autoencoder/ of an exported model).
+Its latents are normalized per channel,
 
   latent = (z - shift) * scale,   z ~ q(z | video) = N(mean, exp(logvar)),
 
@@ -33,7 +34,7 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from data_pipelines import shards, sizing
-from sora_jax.core import checkpointing
+from sora_jax.core import checkpointing, safetensors_io
 from sora_jax.models import autoencoder
 
 AUTOENCODER_COPY = "autoencoder"  # The autoencoder's copy inside a diffusion workdir.
@@ -75,7 +76,11 @@ class AutoencoderStage:
   def __init__(self, directory: str, step: int | None = None, stats_file: str | None = ""):
     """`stats_file`: "" reads DIR/latent_stats.json; None normalizes with shift 0, scale 1."""
     self.directory = directory
-    self.step, config = checkpointing.restore_config(directory, step)
+    exported = os.path.exists(os.path.join(directory, "model" + safetensors_io.SUFFIX))
+    if exported:  # An exported model's autoencoder/ (sora_jax.model_io): safetensors.
+      self.step, config = None, _read_json(os.path.join(directory, "config.json"))
+    else:
+      self.step, config = checkpointing.restore_config(directory, step)
     self.config = config
     self.ae_cfg = autoencoder.AutoencoderConfig.from_config(config["model"])
     abstract = nnx.eval_shape(lambda: autoencoder.VideoAutoencoder(self.ae_cfg, rngs=nnx.Rngs(0)))
@@ -85,7 +90,10 @@ class AutoencoderStage:
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(device)),
       nnx.to_pure_dict(abstract_params),
     )
-    self.params = checkpointing.restore_ema(directory, self.step, target)
+    if exported:
+      self.params = safetensors_io.read_tree(directory, target)
+    else:
+      self.params = checkpointing.restore_ema(directory, self.step, target)
     if stats_file is None:  # Identity normalization: for tools that never use the scale.
       self.stats_file, self.stats = (
         None,
@@ -168,6 +176,13 @@ class AutoencoderStage:
     shards.atomic_write_json(os.path.join(tmp, STATS_FILE), self.stats)
     shards.atomic_write_json(os.path.join(tmp, "config.json"), self.config)
     os.replace(tmp, directory)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: missing")
+  with open(path) as f:
+    return json.load(f)
 
 
 def stage_shape(

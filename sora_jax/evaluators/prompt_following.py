@@ -63,7 +63,8 @@ def requests_for(prompts: list[str], sizes: list[tuple[int, int, int]], seed: in
 
 
 def score_all(requests, videos) -> tuple[dict[str, float], list[dict]]:
-  rows, hits = [], {k: [] for k in CHANCE}
+  # "style": whether a prompt's style phrase (e.g. "hollow") is read back from the pixels.
+  rows, hits = [], {k: [] for k in (*CHANCE, "style")}
   for req, video in zip(requests, videos, strict=True):
     got = readback.read_attributes(video)
     result = readback.score(video, req.prompt)
@@ -74,7 +75,7 @@ def score_all(requests, videos) -> tuple[dict[str, float], list[dict]]:
       {"prompt": req.prompt, "size": [req.num_frames, req.height, req.width], "read": got, **result}
     )
   accuracy = {k: float(np.mean(v)) for k, v in hits.items() if v}
-  counts = {f"n_{k}": len(v) for k, v in hits.items()}
+  counts = {f"n_{k}": len(v) for k, v in hits.items() if v or k in CHANCE}
   return {**accuracy, **counts}, rows
 
 

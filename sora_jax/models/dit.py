@@ -33,6 +33,7 @@ from flax import nnx
 
 from sora_jax.core import sharding
 from sora_jax.models import attention, layers, rope, stack
+from sora_jax.models import lora as lora_lib
 from sora_jax.models.text_encoder import SmallTextEncoder, TextConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -60,6 +61,8 @@ class DiTConfig:
   # How the rows are packed (from config.data): lets self-attention skip the blocks of
   # other examples ("block_sparse"). None: unknown, every block is computed.
   packing: attention.Packing | None = None
+  # Low-rank adapters on the blocks' projections (config.lora); None: no adapters.
+  lora: lora_lib.LoraConfig | None = None
 
   @classmethod
   def from_config(
@@ -68,15 +71,17 @@ class DiTConfig:
     patch_dim: int,
     vocab_size: int,
     packing: attention.Packing | None = None,
+    lora_cfg: Mapping[str, Any] | None = None,
   ) -> DiTConfig:
     """From `config.model`; the patch dim comes from the geometry, vocab from the tokenizer,
     the packing from `config.data` (`attention.Packing(max_tokens_per_example,
-    max_examples_per_row)`)."""
+    max_examples_per_row)`), the adapters from `config.lora`."""
     m = dict(model_cfg)
     text = TextConfig(vocab_size=vocab_size, **dict(m.pop("text")))
-    names = {f.name for f in dataclasses.fields(cls)} - {"patch_dim", "text", "packing"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"patch_dim", "text", "packing", "lora"}
     kw = {k: v for k, v in m.items() if k in names}
-    return cls(patch_dim=patch_dim, text=text, packing=packing, **kw)
+    adapters = lora_lib.LoraConfig.from_config(lora_cfg)
+    return cls(patch_dim=patch_dim, text=text, packing=packing, lora=adapters, **kw)
 
   @property
   def compute_dtype(self):
@@ -99,6 +104,12 @@ class Block(nnx.Module):
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     kw = dict(rngs=rngs, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     w = cfg.width
+
+    def adapters(target: str) -> dict[str, Any]:
+      if cfg.lora is None:
+        return {}
+      return dict(lora_rank=cfg.lora.rank_for(target), lora_scale=cfg.lora.scale)
+
     self.attn = layers.Attention(
       w,
       cfg.heads,
@@ -106,6 +117,7 @@ class Block(nnx.Module):
       backend=cfg.attention,
       context_parallel=cfg.context_parallel,
       packing=cfg.packing,
+      **adapters("self_attention"),
       **kw,
     )
     self.cross_norm = layers.RMSNorm(w, "embed", param_dtype=cfg.params_dtype)
@@ -116,9 +128,10 @@ class Block(nnx.Module):
       qk_norm=cfg.qk_norm,
       backend=cfg.attention,
       lengths=("length", "text_length"),
+      **adapters("cross_attention"),
       **kw,
     )
-    self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), **kw)
+    self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), **adapters("mlp"), **kw)
     if cfg.adaln == "block":
       self.modulation = layers.Dense(w, (6, w), ("embed", None, "mlp"), init="zeros", **kw)
     else:  # A learned per-block table added to the shared projection (zero init).

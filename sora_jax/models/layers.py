@@ -32,6 +32,8 @@ class Dense(nnx.Module):
     in_shape, out_shape: feature dims (ints or tuples, e.g. (heads, head_dim)).
     names: logical axis names of the kernel, one per dim of in_shape + out_shape.
     init: "xavier" (fan-avg uniform) or "zeros" (adaLN-Zero gates, output layers).
+    lora_rank, lora_scale: a low-rank adapter (flax's nnx.LoRA over the flattened in and
+      out dims) added as lora_scale * (x A) B; rank 0: none (see sora_jax.models.lora).
   """
 
   def __init__(
@@ -45,6 +47,8 @@ class Dense(nnx.Module):
     init: str = "xavier",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    lora_rank: int = 0,
+    lora_scale: float = 1.0,
   ):
     self.in_shape, self.out_shape = _tuple(in_shape), _tuple(out_shape)
     shape = self.in_shape + self.out_shape
@@ -69,6 +73,21 @@ class Dense(nnx.Module):
       else None
     )
     self.dtype = dtype
+    self.lora = (
+      nnx.LoRA(
+        math.prod(self.in_shape),
+        lora_rank,
+        math.prod(self.out_shape),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        a_metadata={"out_sharding": (names[0], None)},
+        b_metadata={"out_sharding": (None, names[n_in])},
+      )
+      if lora_rank
+      else None
+    )
+    self.lora_scale = float(lora_scale)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
@@ -78,6 +97,10 @@ class Dense(nnx.Module):
     )
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      lead = x.shape[: x.ndim - n_in]
+      delta = self.lora(x.reshape(*lead, -1).astype(self.dtype))
+      y = y + (self.lora_scale * delta).reshape(*lead, *self.out_shape).astype(y.dtype)
     return y
 
 
@@ -106,9 +129,20 @@ class MLP(nnx.Module):
   """Two-layer GELU MLP: width -> hidden -> width."""
 
   def __init__(
-    self, width: int, hidden: int, *, length: str = "length", rngs: nnx.Rngs, dtype, param_dtype
+    self,
+    width: int,
+    hidden: int,
+    *,
+    length: str = "length",
+    rngs: nnx.Rngs,
+    dtype,
+    param_dtype,
+    lora_rank: int = 0,
+    lora_scale: float = 1.0,
   ):
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    kw = dict(
+      rngs=rngs, dtype=dtype, param_dtype=param_dtype, lora_rank=lora_rank, lora_scale=lora_scale
+    )
     self.up = Dense(width, hidden, ("embed", "mlp"), **kw)
     self.down = Dense(hidden, width, ("mlp", "embed"), **kw)
     self.length = length  # Logical name of the sequence axis ("length" or "text_length").
@@ -142,11 +176,15 @@ class Attention(nnx.Module):
     rngs: nnx.Rngs,
     dtype,
     param_dtype,
+    lora_rank: int = 0,  # Adapters on q, k, v and out (sora_jax.models.lora).
+    lora_scale: float = 1.0,
   ):
     if width % heads:
       raise ValueError(f"width {width} must be divisible by heads {heads}")
     head_dim = width // heads
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    kw = dict(
+      rngs=rngs, dtype=dtype, param_dtype=param_dtype, lora_rank=lora_rank, lora_scale=lora_scale
+    )
     kv_width = context_width or width
     self.q = Dense(width, (heads, head_dim), ("embed", "heads", "kv"), **kw)
     self.k = Dense(kv_width, (heads, head_dim), ("embed", "heads", "kv"), **kw)

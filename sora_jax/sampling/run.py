@@ -1,12 +1,14 @@
-"""A trained diffusion run, loaded for inference: `load(workdir, step)`, then `generate`.
+"""A trained diffusion model, loaded for inference: `load(path, step)`, then `generate`.
 
-  run = load("out/demo/run")                    # config, tokenizer, latent stage, model
+  run = load("out/demo/run")                    # a training workdir (its EMA weights), or
+  run = load("out/demo/model")                  # an exported model directory (sora_jax.export)
+  run = load(path, presets=[("out/style", 0.8)])  # with LoRA adapters merged in at scales
   videos = generate(run, [Request(...), ...])   # uint8 [T, H, W, 3] per request
 
-The EMA parameters are restored on first use of `run.params`, so a bad request
-fails before any weight is read. A latent-space run decodes with the
-autoencoder copy saved beside its checkpoints (WORKDIR/autoencoder), or with
-the one `autoencoder=` names.
+The weights are restored on first use of `run.params`, so a bad request fails
+before any weight is read. A latent-space run decodes with the autoencoder copy
+saved beside its checkpoints (WORKDIR/autoencoder, or an export's autoencoder/),
+or with the one `autoencoder=` names.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from data_pipelines.tokenizer import MODEL_NAME, Tokenizer
 from sora_jax.core import checkpointing, configs, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
+from sora_jax.model_io import adapters, common, model_dir
 from sora_jax.models import dit
 from sora_jax.sampling import sampler
 
@@ -33,18 +36,32 @@ class Run:
 
   def __init__(
     self,
-    workdir: str,
+    path: str,
     step: int | None = None,
     *,
     autoencoder: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    presets: Sequence[tuple[str, float]] = (),
   ):
-    self.workdir = workdir
-    self.step, self.config_json = checkpointing.restore_config(workdir, step)
+    self.workdir = path
+    self.export = model_dir.ModelDir(path) if model_dir.is_model_dir(path) else None
+    if self.export is not None:
+      if step is not None:
+        raise checkpointing.CheckpointError(
+          f"--step={step}: {path} is an exported model (one step); drop --step"
+        )
+      self.step = self.export.config["provenance"]["step"]
+      self.config_json = self.export.config["train_config"]
+      tokenizer_path = self.export.tokenizer_path
+      ae_copy = self.export.autoencoder_dir
+    else:
+      self.step, self.config_json = checkpointing.restore_config(path, step)
+      tokenizer_path = os.path.join(path, MODEL_NAME)
+      ae_copy = os.path.join(path, latent.AUTOENCODER_COPY)
     self.cfg = configs.from_json(self.config_json)
-    self.tokenizer = Tokenizer(os.path.join(workdir, MODEL_NAME))
+    self.tokenizer = Tokenizer(tokenizer_path)
     if self.cfg.latent.get("kind") == "autoencoder" and not autoencoder:
-      autoencoder = os.path.join(workdir, latent.AUTOENCODER_COPY)
+      autoencoder = ae_copy
       if not os.path.isdir(autoencoder):
         raise FileNotFoundError(
           f"{autoencoder}: this latent-space run has no autoencoder copy; name one with "
@@ -56,29 +73,60 @@ class Run:
     self.flow_cfg = flow.FlowConfig.from_config(self.cfg.flow)
     self.mesh = mesh or sharding.make_mesh({"fsdp": -1})
     self.rules = tuple(self.cfg.sharding.rules)
-    dit_cfg = dit.DiTConfig.from_config(
-      self.cfg.model, self.geom.patch_dim, self.tokenizer.vocab_size, dit.packing_of(self.cfg.data)
+    # A workdir of an adapter run (config.lora) samples with its adapter.
+    lora_cfg = None if self.export is not None else self.cfg.get("lora")
+    self.dit_cfg = dit.DiTConfig.from_config(
+      self.cfg.model,
+      self.geom.patch_dim,
+      self.tokenizer.vocab_size,
+      dit.packing_of(self.cfg.data),
+      lora_cfg=lora_cfg,
     )
-    self.model = ShardedModel(dit_cfg, self.mesh, self.rules, dit.DiT)
+    self.model = ShardedModel(self.dit_cfg, self.mesh, self.rules, dit.DiT)
+    self.presets = [(adapters.read(d), float(s)) for d, s in presets]  # Checked before weights.
+    if self.presets and self.dit_cfg.lora is not None:
+      raise adapters.ExportError(f"{path} is an adapter run; apply presets to its base model")
+    if self.export is not None:
+      for a, _ in self.presets:
+        adapters.check_base(a, self.export.fingerprint)
     self._params = None
 
   @property
   def params(self) -> Any:
-    """The EMA parameters on the run's mesh (restored on first use)."""
+    """The EMA (or exported) parameters on the run's mesh, presets merged (on first use)."""
     if self._params is None:
-      self._params = checkpointing.restore_ema(self.workdir, self.step, self.model.abstract_params)
+      if self.export is not None:
+        params = self.export.restore_params(self.model.abstract_params, self.dit_cfg)
+      else:
+        params = checkpointing.restore_ema(self.workdir, self.step, self.model.abstract_params)
+      if self.presets:
+        base_fp = self.fingerprint(params)
+        loaded = [
+          (*adapters.load(a.directory, self.dit_cfg, base_fp, self.mesh), scale)
+          for a, scale in self.presets
+        ]
+        params = adapters.apply(params, loaded, self.model.param_shardings)
+      self._params = params
     return self._params
+
+  def fingerprint(self, params: Any) -> str:
+    """The base weights' fingerprint (an export's is recorded; a workdir's is computed)."""
+    if self.export is not None:
+      return self.export.fingerprint
+    return common.fingerprint(params, common.layer_positions(self.dit_cfg))
 
 
 def load(
-  workdir: str,
+  path: str,
   step: int | None = None,
   *,
   autoencoder: str | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  presets: Sequence[tuple[str, float]] = (),
 ) -> Run:
-  """The run in `workdir` at `step` (default: the latest checkpoint)."""
-  return Run(workdir, step, autoencoder=autoencoder, mesh=mesh)
+  """The run in workdir `path` at `step` (default: the latest checkpoint), or the exported
+  model directory `path`, with `presets` ((adapter directory, scale), ...) merged in."""
+  return Run(path, step, autoencoder=autoencoder, mesh=mesh, presets=presets)
 
 
 def generate(

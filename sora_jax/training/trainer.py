@@ -10,6 +10,9 @@ The state is a plain dict of global arrays, sharded by the config's rules:
 The EMA of the parameters travels beside it. A step whose loss or gradient is
 not finite leaves params, optimizer state and EMA untouched and records its
 number, so the host can stop with the last good state intact.
+
+With adapters (config.lora.rank > 0) only the LoRA factors are differentiated
+and optimized; the base weights ride along in `params`, frozen.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from data_pipelines import pipeline
 from sora_jax.core import flops, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
-from sora_jax.models import dit
+from sora_jax.models import dit, lora
 from sora_jax.training import guard, optim
 
 
@@ -37,8 +40,13 @@ class Trainer:
     self.mesh = mesh
     self.rules = tuple(cfg.sharding.rules)
     self.dit_cfg = dit.DiTConfig.from_config(
-      cfg.model, latent.geometry_for(cfg).patch_dim, vocab_size, dit.packing_of(cfg.data)
+      cfg.model,
+      latent.geometry_for(cfg).patch_dim,
+      vocab_size,
+      dit.packing_of(cfg.data),
+      lora_cfg=cfg.get("lora"),
     )
+    self.adapters_only = self.dit_cfg.lora is not None
     self.model = ShardedModel(self.dit_cfg, mesh, self.rules, dit.DiT)
     self.counts = flops.param_counts(self.model.abstract_params)
     self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps)
@@ -77,17 +85,27 @@ class Trainer:
   # State.
   # --------------------------------------------------------------------------
 
+  def trainable(self, params):
+    """(trained, frozen) parts of the parameters: the adapters and the base, or all and none."""
+    return lora.split(params)[::-1] if self.adapters_only else (params, {})
+
+  def join(self, trained, frozen):
+    return lora.combine(frozen, trained) if self.adapters_only else trained
+
   def _init_state(self, params):
     return {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
-      "opt_state": self.tx.init(params),
+      "opt_state": self.tx.init(self.trainable(params)[0]),
       "nonfinite_step": jnp.full((), -1, jnp.int32),
     }
 
-  def init(self, seed: int) -> tuple[dict[str, Any], Any]:
-    """A fresh (state, ema), created directly in their shards."""
+  def init(self, seed: int, base: Any = None) -> tuple[dict[str, Any], Any]:
+    """A fresh (state, ema), created directly in their shards; `base` (a parameter tree
+    without adapters, e.g. from an export) replaces the initialized base weights."""
     params = self.model.init(seed)
+    if base is not None:
+      params = lora.combine(base, lora.split(params)[1])
     with jax.set_mesh(self.mesh):
       state = jax.jit(self._init_state, out_shardings=self.state_shardings)(params)
     return state, jax.tree.map(jnp.copy, params)
@@ -100,14 +118,16 @@ class Trainer:
     step = state["step"] + 1
     rng = jax.random.fold_in(self.base_key, step)
 
-    def loss_of(params):
-      net = self.model.merge(params)
+    trained, frozen = self.trainable(state["params"])
+
+    def loss_of(trained):
+      net = self.model.merge(self.join(trained, frozen))
       return flow.loss_fn(net, batch, rng, self.flow_cfg, self.num_segments)
 
-    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trained)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], trained)
+    params = self.join(optax.apply_updates(trained, updates), frozen)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     new_state = guard.guarded(state, step, finite, params=params, opt_state=opt_state)

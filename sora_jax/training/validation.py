@@ -18,7 +18,7 @@ from data_pipelines import clips, pipeline, shards
 from sora_jax.core import sharding
 from sora_jax.core.configs import ConfigError
 from sora_jax.core.configs import require as _require
-from sora_jax.models import attention, autoencoder, context_parallel, dit, stack
+from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, stack
 from sora_jax.training import input_pipeline
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
@@ -30,6 +30,24 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   missing = [s for s in SECTIONS if s not in cfg]
   _require(not missing, f"config is missing section(s) {missing}; start from experiments/base.py")
   m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+
+  # Adapters and the starting point.
+  if "lora" in cfg:
+    rank = int(cfg.lora.get("rank", 0))
+    _require(rank >= 0, f"config.lora.rank={rank}: must be >= 0 (0 = no adapters)")
+    adapters = lora.LoraConfig.from_config(cfg.lora)
+    problems = adapters.validate() if adapters else []
+    _require(not problems, problems[0] if problems else "")
+    _require(
+      adapters is None or bool(cfg.get("init_from")),
+      f"config.lora.rank={rank}: adapters train on a base model; set config.init_from=EXPORT_DIR",
+    )
+  init_from = cfg.get("init_from") or ""
+  _require(
+    not init_from or os.path.isfile(os.path.join(init_from, "config.json")),
+    f"config.init_from={init_from}: not an exported model directory (no config.json); "
+    "make one with python -m sora_jax.export",
+  )
 
   # Model.
   for name in ("depth", "width", "heads"):
@@ -97,8 +115,9 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
         f"config.data.split={d.split!r}: not in {d.data_dir}; available: {sorted(manifest['splits'])}",
       )
       _require(
-        bool(manifest.get("tokenizer")),
-        f"config.data.data_dir={d.data_dir} has no tokenizer; run "
+        bool(manifest.get("tokenizer") or d.tokenizer),
+        f"config.data.data_dir={d.data_dir} has no tokenizer (and config.data.tokenizer is "
+        "unset); run "
         f"`python -m data_pipelines.tokenizer --data_dir={d.data_dir}`",
       )
     else:

@@ -1,0 +1,28 @@
+"""A style preset: a LoRA adapter trained on styled clips on top of the exported demo model.
+
+  python -m sora_jax.export --workdir=out/demo/run --output=out/demo/model
+  python -m data_pipelines.synthetic --output_dir=out/style/hollow --num_examples=2000 \
+      --seed=1 --style=outlined
+  python -m sora_jax.train --config=experiments/demo_style.py --workdir=out/style/run_hollow \
+      --config.data.data_dir=out/style/hollow --config.init_from=out/demo/model
+  python -m sora_jax.export --workdir=out/style/run_hollow --output=out/style/hollow_preset
+  python -m sora_jax.sample --model=out/demo/model --preset=out/style/hollow_preset \
+      --prompt="a red circle moving left on a black background hollow"
+
+Only the adapters train (rank 8 on the blocks' self-attention, cross-attention and
+MLP projections); the tokenizer and the base weights come from the export.
+"""
+
+from experiments import demo
+
+
+def get_config(arg=None):
+  del arg
+  c = demo.get_config()
+  c.init_from = "out/demo/model"
+  c.lora.update(rank=8, alpha=8.0)
+  c.data.update(data_dir="out/style/hollow", tokenizer="")
+  # A short run: a higher rate than full training suits the zero-initialized factors.
+  c.optim.update(lr=2e-3, warmup_steps=20, ema_decay=0.99)
+  c.train.update(num_steps=400, checkpoint_every=200, log_every=25)
+  return c
