@@ -98,6 +98,8 @@ def main(argv: Sequence[str]) -> None:
   for k, chance in prompt_following.CHANCE.items():
     if k in accuracy:
       print(f"  {k:<10} {accuracy[k]:6.1%}  (chance {chance:.0%}, n={accuracy['n_' + k]})")
+  if "style" in accuracy:  # Prompts with a style phrase: is the style there in the pixels?
+    print(f"  {'style':<10} {accuracy['style']:6.1%}  (n={accuracy['n_style']})")
   print(f"results: {os.path.join(FLAGS.output, 'eval_results.json')}")
 
 

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 from data_pipelines import media, schema, shards, tokenizer  # noqa: E402
+from experiments import dit_tiny  # noqa: E402
+from sora_jax import train  # noqa: E402
 
 # grain's worker processes read absl flags; pytest does not parse them.
 if not flags.FLAGS.is_parsed():
@@ -70,3 +72,16 @@ def write_tiny_dataset(
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   return write_tiny_dataset(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
+  """A 4-step dit_tiny run on the tiny dataset (checkpoints at steps 2 and 4), shared by the
+  sampling and export tests. Tests may read it and move it away briefly, never change it."""
+  cfg = dit_tiny.get_config()
+  cfg.data.data_dir = tiny_data_dir
+  cfg.train.num_steps = 4
+  cfg.train.checkpoint_every = 2
+  wd = str(tmp_path_factory.mktemp("tiny_run"))
+  train.train(cfg, wd)
+  return wd

@@ -48,11 +48,10 @@ def _cfg(data_dir, **train_kw):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_data_dir):
-  """A 4-step tiny run, and its float32 export in 100 KB shards."""
+def exported(tmp_path_factory, tiny_run):
+  """The shared 4-step tiny run, and its float32 export in 100 KB shards."""
   root = tmp_path_factory.mktemp("export")
-  workdir = str(root / "run")
-  train.train(_cfg(tiny_data_dir), workdir)
+  workdir = tiny_run
   out = str(root / "model")
   summary = model_dir.export(workdir, None, out, _opts(max_shard_size="100KB"))
   return workdir, out, summary
@@ -88,10 +87,17 @@ def _velocity(run, params):
     return np.asarray(f(params, {k: rows[k] for k in sampler.ROW_KEYS}))
 
 
-def test_float32_export_samples_bitwise_identically(exported):
+def test_float32_export_samples_bitwise_identically(exported, tmp_path):
   workdir, model, _ = exported
   a = run_lib.generate(run_lib.load(workdir), REQUESTS, progress=False)
-  b = run_lib.generate(run_lib.load(model), REQUESTS, progress=False)
+  # The export alone, copied elsewhere, with the run gone: nothing reads the workdir.
+  copy = str(tmp_path / "elsewhere")
+  shutil.copytree(model, copy)
+  os.rename(workdir, workdir + ".gone")
+  try:
+    b = run_lib.generate(run_lib.load(copy), REQUESTS, progress=False)
+  finally:
+    os.rename(workdir + ".gone", workdir)
   for x, y in zip(a, b, strict=True):
     np.testing.assert_array_equal(x, y)
 
@@ -265,6 +271,26 @@ def _one_line(r, message):
   assert "Traceback" not in r.stderr, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, last
+
+
+def test_sample_command_runs_from_an_export_with_presets(exported, adapter_run, tmp_path):
+  _, model, _ = exported
+  _, preset = adapter_run
+  out = tmp_path / "samples"
+  r = _cmd(
+    "sora_jax.sample",
+    f"--model={model}",
+    f"--preset={preset}:0.5",
+    f"--preset={preset}:0.5",
+    "--prompt=a red square",
+    "--width=16",
+    "--height=16",
+    "--num_frames=1",
+    "--steps=2",
+    f"--output={out}",
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ["000_a_red_square.png", "contact_sheet.png"]
 
 
 def test_bad_inputs_give_one_line(exported, adapter_run, tmp_path):

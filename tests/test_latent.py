@@ -17,6 +17,7 @@ from sora_jax import cache_latents, train, train_autoencoder
 from sora_jax.core import checkpointing, configs, image_metrics, metrics
 from sora_jax.diffusion import latent
 from sora_jax.evaluators import reconstruction
+from sora_jax.model_io import model_dir
 from sora_jax.models import autoencoder as ae
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler as sampling
@@ -260,10 +261,23 @@ def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
       sampling.Request("a blue square", num_frames=1, height=24, width=16, seed=1),
     ]
     videos = run_lib.generate(run_lib.load(workdir), requests, steps=2, progress=False)
+    # An export carries the autoencoder (safetensors, config, statistics) in autoencoder/.
+    export = str(tmp_path / "model")
+    model_dir.export(
+      workdir, None, export, model_dir.ExportOptions(dtype="float32", progress=False)
+    )
+    assert sorted(os.listdir(os.path.join(export, "autoencoder"))) == [
+      "config.json",
+      latent.STATS_FILE,
+      "model.safetensors",
+    ]
+    exported = run_lib.generate(run_lib.load(export), requests, steps=2, progress=False)
   finally:
     os.rename(moved, ae_workdir)
   assert [v.shape for v in videos] == [(9, 16, 24, 3), (1, 24, 16, 3)]
   assert all(v.dtype == np.uint8 for v in videos)
+  for a, b in zip(videos, exported, strict=True):
+    np.testing.assert_array_equal(a, b)
   # A frame count the 4x temporal compression cannot make is refused.
   with pytest.raises(sampling.RequestError, match="1 \\+ a multiple"):
     run_lib.generate(

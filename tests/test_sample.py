@@ -9,8 +9,6 @@ import pytest
 from PIL import Image
 
 from data_pipelines import media
-from experiments import dit_tiny
-from sora_jax import train
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler as sampling
 
@@ -18,14 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_data_dir):
-  cfg = dit_tiny.get_config()
-  cfg.data.data_dir = tiny_data_dir
-  cfg.train.num_steps = 4
-  cfg.train.checkpoint_every = 2
-  wd = str(tmp_path_factory.mktemp("sample_workdir"))
-  train.train(cfg, wd)
-  return wd
+def workdir(tiny_run):
+  return tiny_run
 
 
 def test_sampler_returns_requested_shapes(workdir):
