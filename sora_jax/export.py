@@ -68,7 +68,11 @@ def main(argv: Sequence[str]) -> None:
     )
     summary = model_dir.export(FLAGS.workdir, FLAGS.step, FLAGS.output, opts)
   except (model_dir.ExportError, checkpointing.CheckpointError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    # A damaged checkpoint leaves orbax's reads in flight; exit at once so their
+    # late callbacks cannot print after the one line.
+    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.flush()
+    os._exit(1)
   kind = "adapter" if summary.get("adapter") else "model"
   print(
     f"exported the {kind} of step {summary['step']} ({summary['num_params']:,} parameters, "

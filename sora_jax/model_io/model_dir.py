@@ -156,23 +156,22 @@ def _write(workdir, step, cfg, config_json, dit_cfg, positions, tmp, opts) -> di
     meta = {"format": "pt", "sora_jax_format": FORMAT, "step": str(step)}
     writer = safetensors_io.ShardWriter(tmp, max_shard_size=opts.max_shard_size, metadata=meta)
   orbax_params = {}
-  bar = tqdm(desc="export", unit="tensor", disable=not opts.progress)
-  group_bytes = safetensors_io.parse_size(opts.group_size)
-  for name, array in common.stream_params(workdir, step, opts.weights, group_bytes=group_bytes):
-    for part, a in safetensors_io.unstacked(name, array, positions.get(name)):
-      fp_base.add_array(part, a)
-    if merges:
-      array = adapters.merge_array(name, array, merges, scales, positions)
-    for part, a in safetensors_io.unstacked(name, array, positions.get(name)):
-      out = a.astype(dtype)
-      fp_out.add_array(part, out)
-      if writer is not None:
-        writer.add(part, out)
-      count += int(a.size)
-      bar.update(1)
-    if opts.format == "orbax":
-      orbax_params[name] = array.astype(dtype)
-  bar.close()
+  with tqdm(desc="export", unit="tensor", disable=not opts.progress) as bar:
+    group_bytes = safetensors_io.parse_size(opts.group_size)
+    for name, array in common.stream_params(workdir, step, opts.weights, group_bytes=group_bytes):
+      for part, a in safetensors_io.unstacked(name, array, positions.get(name)):
+        fp_base.add_array(part, a)
+      if merges:
+        array = adapters.merge_array(name, array, merges, scales, positions)
+      for part, a in safetensors_io.unstacked(name, array, positions.get(name)):
+        out = a.astype(dtype)
+        fp_out.add_array(part, out)
+        if writer is not None:
+          writer.add(part, out)
+        count += int(a.size)
+        bar.update(1)
+      if opts.format == "orbax":
+        orbax_params[name] = array.astype(dtype)
   if writer is not None:
     files = writer.close()
     total = writer.total_size
