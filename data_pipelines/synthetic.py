@@ -69,6 +69,7 @@ class Options:
   num_workers: int = 0  # 0: os.cpu_count().
   examples_per_shard: int = 500
   style: str = ""  # One of render.STYLES; "": none (the default data, unchanged).
+  style_fraction: float = 1.0  # With a style: the fraction of examples drawn in it.
 
   @property
   def eval_examples(self) -> int:
@@ -133,6 +134,8 @@ def validate(opts: Options) -> None:
     raise ValueError(f"--fps={opts.fps}; must be > 0")
   if opts.num_workers < 0:
     raise ValueError(f"--num_workers={opts.num_workers}; must be >= 0 (0: all cores)")
+  if not 0.0 < opts.style_fraction <= 1.0:
+    raise ValueError(f"--style_fraction={opts.style_fraction}; must be in (0, 1]")
   if opts.examples_per_shard < 1:
     raise ValueError(f"--examples_per_shard={opts.examples_per_shard}; must be >= 1")
   for ratio in opts.scene_config().aspect_ratios:
@@ -157,8 +160,17 @@ def make_example(
   combos: Sequence[tuple[str, str]],
   fps: float,
   paraphrases: bool = False,
+  style_fraction: float = 1.0,
 ) -> schema.Example:
-  """Example `index` of `split`: a pure function of its arguments."""
+  """Example `index` of `split`: a pure function of its arguments.
+
+  With a style and `style_fraction` < 1, whether this example is styled is drawn
+  from its own generator, so the scene itself is the same either way.
+  """
+  if config.style and style_fraction < 1.0:
+    pick = np.random.default_rng([seed, SPLITS.index(split), index, 1]).uniform()
+    if pick >= style_fraction:
+      config = dataclasses.replace(config, style="")
   rng = np.random.default_rng([seed, SPLITS.index(split), index])
   scene = render.sample_scene(rng, config, combos)
   data, fmt = media.encode_raw(render.draw(scene))
@@ -204,7 +216,9 @@ def _write_shard(task: _ShardTask, progress: Callable[[int], None]) -> dict[str,
   stats = shards.SizeStats()
   with shards.shard_writer(task.path) as writer:
     for i in range(task.start, task.stop):
-      ex = make_example(opts.seed, task.split, i, config, combos, opts.fps, opts.paraphrases)
+      ex = make_example(
+        opts.seed, task.split, i, config, combos, opts.fps, opts.paraphrases, opts.style_fraction
+      )
       writer.add(ex)
       stats.add(ex.height, ex.width, ex.num_frames)
       progress(1)
@@ -337,6 +351,8 @@ _HELP = {
   "examples_per_shard": "Examples per ArrayRecord shard.",
   "style": f"Visual style of every example, its phrase ending each caption: "
   f"{', '.join(f'{k} ({v!r})' for k, v in render.STYLES.items())}; '': none.",
+  "style_fraction": "With --style: the fraction of examples drawn in it (the rest plain), "
+  "e.g. to train a style adapter that keeps the base's behaviour on plain prompts.",
 }
 _DEFINE = {
   int: flags.DEFINE_integer,

@@ -238,3 +238,16 @@ def test_bad_style_flag_is_one_line(tmp_path):
   assert len(lines) == 1, proc.stderr
   assert lines[0] == "error: --style='wavy'; allowed: outlined, striped or '' (none)"
   assert not os.path.exists(tmp_path / "manifest.json")
+
+
+def test_a_style_fraction_styles_that_share_of_examples_and_leaves_the_rest_plain():
+  styled = [_example("striped", i, style_fraction=0.5) for i in range(NUM)]
+  full = [_example("striped", i) for i in range(NUM)]
+  plain = [_example("", i) for i in range(NUM)]
+  n = 0
+  for s, f, p in zip(styled, full, plain, strict=True):
+    assert s in (f, p)  # Each example is the styled or the plain one, nothing in between.
+    n += s == f
+  assert 0.3 * NUM <= n <= 0.7 * NUM, n
+  with pytest.raises(ValueError, match="style_fraction"):
+    synthetic.validate(synthetic.Options(output_dir="x", style="striped", style_fraction=0.0))
