@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from tqdm import tqdm
 
+from data_pipelines import sizing
 from data_pipelines import tokenizer as tokenizer_lib
 from sora_jax.core import checkpointing, configs, safetensors_io
 from sora_jax.diffusion import latent
@@ -78,8 +79,17 @@ class ExportOptions:
         raise ExportError(f"--{flag}={value}: {e}") from None
 
 
-def _dit_config(cfg, vocab_size: int, *, with_lora: bool) -> dit.DiTConfig:
-  geom = latent.geometry_for(cfg)
+def _geometry(cfg, workdir: str) -> sizing.Geometry:
+  """The run's token geometry, read from the autoencoder copy beside its checkpoints (the
+  original autoencoder may have moved or gone)."""
+  copy = os.path.join(workdir, latent.AUTOENCODER_COPY)
+  directory = copy if os.path.isdir(copy) else None
+  compression, channels = latent.stage_shape(cfg.latent, directory)
+  return sizing.Geometry(tuple(int(p) for p in cfg.model.patch), compression, channels)
+
+
+def _dit_config(cfg, vocab_size: int, workdir: str, *, with_lora: bool) -> dit.DiTConfig:
+  geom = _geometry(cfg, workdir)
   return dit.DiTConfig.from_config(
     cfg.model,
     geom.patch_dim,
@@ -122,9 +132,9 @@ def export(
   if lora_lib.LoraConfig.from_config(cfg.get("lora")) is not None:
     if opts.merge_lora:
       raise ExportError(f"--workdir={workdir} trained an adapter; --merge_lora needs a base run")
-    dit_cfg = _dit_config(cfg, vocab, with_lora=True)
+    dit_cfg = _dit_config(cfg, vocab, workdir, with_lora=True)
     return adapters.export(workdir, step, output, cfg, config_json, dit_cfg, opts)
-  dit_cfg = _dit_config(cfg, vocab, with_lora=False)
+  dit_cfg = _dit_config(cfg, vocab, workdir, with_lora=False)
   positions = common.layer_positions(dit_cfg)
   tmp = common.prepare_output(output, opts.overwrite)
   try:
@@ -188,7 +198,7 @@ def _write(workdir, step, cfg, config_json, dit_cfg, positions, tmp, opts) -> di
     adapters.check_base(m, fp_base.hexdigest())
   # Merged adapters make new weights; their own fingerprint is what adapters must match.
   fp = (fp_out if merges else fp_base).hexdigest()
-  geom = latent.geometry_for(cfg)
+  geom = _geometry(cfg, workdir)
   t = cfg.train
   config = {
     "format": FORMAT,
