@@ -264,9 +264,6 @@ class Reader:
   def names(self) -> list[str]:
     return sorted(self.weight_map)
 
-  def metadata(self) -> dict[str, str]:
-    return dict(next(iter(self._handles.values())).metadata() or {})
-
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._handles[self.weight_map[name]].get_slice(name).get_shape())
 

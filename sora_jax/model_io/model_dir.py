@@ -367,20 +367,6 @@ class ModelDir:
       except safetensors_io.SafetensorsError as e:
         raise ExportError(str(e)) from None
 
-  def dit_config(self, vocab_size: int, lora_cfg: Mapping[str, Any] | None = None):
-    return dit.DiTConfig.from_config(
-      self.cfg.model,
-      latent.geometry_for(self.cfg, self.stage_shape_only()).patch_dim,
-      vocab_size,
-      dit.packing_of(self.cfg.data),
-      lora_cfg=lora_cfg,
-    )
-
-  def stage_shape_only(self):
-    """The geometry's (compression, channels) holder without loading autoencoder weights."""
-    g = self.config["geometry"]
-    return _Shape(tuple(g["compression"]), int(g["channels"]))
-
   def restore_params(self, abstract: Mapping[str, Any], dit_cfg: dit.DiTConfig) -> dict[str, Any]:
     """The base weights onto the shardings of `abstract` (a ShardedModel's abstract_params)."""
     if self.weights["format"] == "orbax":
@@ -398,9 +384,3 @@ class ModelDir:
       return safetensors_io.read_tree(self.path, abstract, positions)
     except safetensors_io.SafetensorsError as e:
       raise ExportError(str(e)) from None
-
-
-@dataclasses.dataclass
-class _Shape:
-  compression: tuple[int, int, int]
-  channels: int

@@ -29,7 +29,7 @@ merging each in turn.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -76,11 +76,6 @@ class LoraConfig:
 
   def to_json(self) -> dict[str, Any]:
     return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
-
-
-def is_adapter(path: Sequence[Any]) -> bool:
-  """Whether a parameter (by its key path in the nested dict) is a LoRA factor."""
-  return ADAPTER_KEY in [str(getattr(k, "key", k)) for k in path]
 
 
 def split(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
