@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     remat="none",  # none | full | dots | dots_all
     scan_layers=True,
     pooled_text=True,  # Mean caption embedding added to the timestep embedding (adaLN).
+    # "standard", or "mup" (sora_jax.models.mup): per-parameter learning rates and
+    # initialization so that optim.lr tuned at mup_base_width transfers to other widths.
+    parametrization="standard",
+    mup_base_width=0,  # 0: the model's own width.
     text=dict(width=512, depth=4, heads=8, mlp_ratio=4.0),
   )
 
@@ -95,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
     clip_norm=1.0,
     ema_decay=0.9999,
   )
+
+  # Held-out loss (sora_jax.training.heldout): the flow loss on `rows` fixed rows of `split`
+  # at `timesteps` stratified t with fixed noise, every `every` steps (0: at the end only)
+  # and at the end. rows=0: off. Scaling-law sweeps fit it.
+  c.heldout = dict(rows=0, every=0, split="eval", timesteps=8, seed=0)
 
   # Training loop (sora_jax.train).
   c.train = dict(

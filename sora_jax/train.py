@@ -30,7 +30,7 @@ from sora_jax.core import checkpointing, configs, distributed, flops, metrics, s
 from sora_jax.diffusion import latent
 from sora_jax.model_io import adapters, model_dir
 from sora_jax.models import lora
-from sora_jax.training import guard, input_pipeline, validation
+from sora_jax.training import guard, heldout, input_pipeline, validation
 from sora_jax.training.preemption import Preemption
 from sora_jax.training.trainer import Trainer
 
@@ -122,6 +122,8 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
     return sharding.global_batch(local_batch, mesh, rules), useful, real
 
   data_iter = input_pipeline.BatchIterator(dataset, transform=to_device)
+  # The fixed held-out set a scaling-law fit reads (config.heldout; off when rows=0).
+  held_out = heldout.HeldOutLoss(cfg, trainer, tokenizer, stage) if heldout.enabled(cfg) else None
 
   # ----------------------------------------------------------------------------
   # Checkpoints: resume from the latest, or start fresh.
@@ -185,6 +187,10 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       guard.check_finite(state, mngr, step)
       last = meter.flush()
       writer.scalars(step, last)
+      writer.flush()
+    if held_out and (step == num_steps or (cfg.heldout.every and step % cfg.heldout.every == 0)):
+      last.update(held_out(state["params"]))
+      writer.scalars(step, {k: v for k, v in last.items() if k.startswith("heldout_")})
       writer.flush()
     preempted = preemption.reached(step)
     if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:

@@ -85,19 +85,33 @@ def param_counts(params: Any) -> dict[str, int]:
   return {"total": total, "video": video, "text": text}
 
 
-def step_flops(batch: Mapping[str, np.ndarray], counts: Mapping[str, int], model_cfg) -> float:
-  """Training FLOPs of one step on `batch` (host arrays; see module docstring)."""
+# What a batch contributes to the FLOP count, whatever the model: sums over its examples.
+STAT_NAMES = ("n", "m", "n2", "nm", "m2")
+
+
+def batch_stats(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """[sum n, sum m, sum n^2, sum n m, sum m^2] over a packed batch's examples (host arrays):
+  n_i video and m_i caption tokens of example i. `step_flops` is linear in these."""
   seg = np.asarray(batch["segment_ids"])
   tseg = np.asarray(batch["text_segment_ids"])
   b = seg.shape[0]
   k = int(max(seg.max(), tseg.max())) + 1
   n = np.stack([np.bincount(r, minlength=k)[1:] for r in seg.reshape(b, -1)]).astype(np.float64)
   m = np.stack([np.bincount(r, minlength=k)[1:] for r in tseg.reshape(b, -1)]).astype(np.float64)
+  return np.array([n.sum(), m.sum(), (n * n).sum(), (n * m).sum(), (m * m).sum()])
+
+
+def flops_per_stat(counts: Mapping[str, int], model_cfg) -> np.ndarray:
+  """Training FLOPs per unit of each `batch_stats` entry, so a step costs coef . stats."""
   d, depth = model_cfg.width, model_cfg.depth
   dt, depth_t = model_cfg.text.width, model_cfg.text.depth
-  dense = 6.0 * (counts["video"] * n.sum() + counts["text"] * m.sum())
-  attn = 12.0 * (depth * d * ((n * n).sum() + (n * m).sum()) + depth_t * dt * (m * m).sum())
-  return dense + attn
+  attn, attn_t = 12.0 * depth * d, 12.0 * depth_t * dt
+  return np.array([6.0 * counts["video"], 6.0 * counts["text"], attn, attn, attn_t])
+
+
+def step_flops(batch: Mapping[str, np.ndarray], counts: Mapping[str, int], model_cfg) -> float:
+  """Training FLOPs of one step on `batch` (host arrays; see module docstring)."""
+  return float(flops_per_stat(counts, model_cfg) @ batch_stats(batch))
 
 
 def traced_matmul_flops(jaxpr) -> float:

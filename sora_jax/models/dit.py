@@ -206,6 +206,9 @@ class DiT(nnx.Module):
     if cfg.fractional_pos:
       x = x + self.pos_embed(fractional_features(coords, segment_ids, cfg.fractional_pos))
     x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    # Intermediates for the muP coordinate check (sora_jax.training.coord_check); a no-op
+    # cost elsewhere: nothing collects them.
+    self.sow(nnx.Intermediate, "embedded", x)
     cross_mask = None
     if text_frames is not None:  # Caption token j is visible to frames in its window.
       frame = coords[:, :, None, 0]
@@ -221,6 +224,7 @@ class DiT(nnx.Module):
       return block(x, cond, segment_ids, rot, context, text_segment_ids, cross_mask)
 
     x = stack.run_layers(self.blocks, x, apply, cfg.remat)
+    self.sow(nnx.Intermediate, "hidden", x)
     shift, scale = jnp.moveaxis(self.final_modulation(temb), -2, 0)
     out = self.final(layers.layer_norm(x) * (1 + scale) + shift)
     return out.astype(jnp.float32)

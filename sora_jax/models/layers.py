@@ -66,7 +66,8 @@ class Dense(nnx.Module):
         out_axis=tuple(range(n_in, len(shape))),
       )
       kernel = initializer(rngs.params(), shape, param_dtype)
-    self.kernel = nnx.Param(kernel, out_sharding=tuple(names))
+    # fan_in_dims: how many leading dims contract (sora_jax.models.mup reads it).
+    self.kernel = nnx.Param(kernel, out_sharding=tuple(names), fan_in_dims=n_in)
     self.bias = (
       nnx.Param(jnp.zeros(self.out_shape, param_dtype), out_sharding=tuple(names[n_in:]))
       if use_bias

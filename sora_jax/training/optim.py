@@ -38,10 +38,12 @@ def decay_mask(params: Any) -> Any:
 
 
 def make(
-  cfg: Mapping[str, Any], num_steps: int
+  cfg: Mapping[str, Any], num_steps: int, lr_multipliers: Any = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW on the schedule; `lr_multipliers` (a tree of floats shaped like the parameters,
+  e.g. muP's) scales each parameter's update, weight decay included."""
   lr = schedule(cfg, num_steps)
-  tx = optax.chain(
+  parts = [
     optax.clip_by_global_norm(float(cfg["clip_norm"])),
     optax.adamw(
       lr,
@@ -51,8 +53,20 @@ def make(
       weight_decay=float(cfg["weight_decay"]),
       mask=decay_mask,
     ),
-  )
-  return tx, lr
+  ]
+  if lr_multipliers is not None:
+    parts.append(scale_per_parameter(lr_multipliers))
+  return optax.chain(*parts), lr
+
+
+def scale_per_parameter(factors: Any) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its (static) factor."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:

@@ -28,7 +28,7 @@ from data_pipelines import pipeline
 from sora_jax.core import flops, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
-from sora_jax.models import dit, lora
+from sora_jax.models import dit, lora, mup
 from sora_jax.training import guard, optim
 
 
@@ -49,7 +49,16 @@ class Trainer:
     self.adapters_only = self.dit_cfg.lora is not None
     self.model = ShardedModel(self.dit_cfg, mesh, self.rules, dit.DiT)
     self.counts = flops.param_counts(self.model.abstract_params)
-    self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps)
+    # muP (config.model.parametrization): per-parameter learning rates and input-layer
+    # initialization relative to the same model at config.model.mup_base_width.
+    self.init_scales = multipliers = None
+    if cfg.model.get("parametrization", "standard") == "mup":
+      fans = mup.kernel_fans(dit.DiT, self.dit_cfg)
+      base_width = int(cfg.model.get("mup_base_width") or self.dit_cfg.width)
+      base = mup.kernel_fans(dit.DiT, mup.base_config(self.dit_cfg, base_width))
+      multipliers = mup.lr_multipliers(fans, base)
+      self.init_scales = mup.init_scales(fans)
+    self.tx, self.lr_schedule = optim.make(cfg.optim, cfg.train.num_steps, multipliers)
     self.flow_cfg = flow.FlowConfig.from_config(cfg.flow)
     self.num_segments = pipeline.Options.from_config(cfg.data).num_segments
     self.ema_decay = float(cfg.optim.ema_decay)
@@ -104,6 +113,11 @@ class Trainer:
     """A fresh (state, ema), created directly in their shards; `base` (a parameter tree
     without adapters, e.g. from an export) replaces the initialized base weights."""
     params = self.model.init(seed)
+    if self.init_scales is not None:
+      with jax.set_mesh(self.mesh):
+        params = jax.jit(
+          lambda p: mup.scale_tree(p, self.init_scales), out_shardings=self.model.param_shardings
+        )(params)
     if base is not None:
       params = lora.combine(base, lora.split(params)[1])
     with jax.set_mesh(self.mesh):

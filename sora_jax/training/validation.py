@@ -18,7 +18,7 @@ from data_pipelines import clips, pipeline, shards
 from sora_jax.core import sharding
 from sora_jax.core.configs import ConfigError
 from sora_jax.core.configs import require as _require
-from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, stack
+from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, mup, stack
 from sora_jax.training import input_pipeline
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
@@ -32,6 +32,7 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
 
   # Adapters and the starting point.
+  adapters = None
   if "lora" in cfg:
     rank = int(cfg.lora.get("rank", 0))
     _require(rank >= 0, f"config.lora.rank={rank}: must be >= 0 (0 = no adapters)")
@@ -78,6 +79,22 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     m.adaln in ("single", "block"), f"config.model.adaln={m.adaln!r}; allowed: single, block"
   )
   _require(m.mlp_ratio > 0, f"config.model.mlp_ratio={m.mlp_ratio}: must be positive")
+  parametrization = m.get("parametrization", "standard")
+  _require(
+    parametrization in mup.PARAMETRIZATIONS,
+    f"config.model.parametrization={parametrization!r}; allowed: {', '.join(mup.PARAMETRIZATIONS)}",
+  )
+  base_width = int(m.get("mup_base_width") or 0)
+  _require(
+    base_width >= 0 and base_width % head_dim == 0,
+    f"config.model.mup_base_width={base_width}: must be a multiple of the head dim {head_dim} "
+    "(0: the model's own width)",
+  )
+  _require(
+    parametrization != "mup" or adapters is None,
+    "config.model.parametrization='mup' with config.lora.rank > 0: adapters fine-tune a "
+    "fixed-width model; use parametrization='standard'",
+  )
   _require(
     m.context_parallel in context_parallel.SCHEMES,
     f"config.model.context_parallel={m.context_parallel!r}; allowed: {context_parallel.SCHEMES}",
@@ -92,6 +109,13 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     f"config.model.text.width={tw}, heads={th}: width must divide into heads of even size",
   )
   _require(m.text.depth >= 1, f"config.model.text.depth={m.text.depth}: must be >= 1")
+
+  # Held-out loss.
+  if "heldout" in cfg:
+    h = cfg.heldout
+    for name in ("rows", "every"):
+      _require(int(h[name]) >= 0, f"config.heldout.{name}={h[name]}: must be >= 0")
+    _require(int(h.timesteps) >= 1, f"config.heldout.timesteps={h.timesteps}: must be >= 1")
 
   # Data.
   try:
@@ -113,6 +137,12 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
       _require(
         d.split in manifest["splits"],
         f"config.data.split={d.split!r}: not in {d.data_dir}; available: {sorted(manifest['splits'])}",
+      )
+      held = cfg.get("heldout")
+      _require(
+        not held or not int(held.rows) or held.split in manifest["splits"],
+        f"config.heldout.split={held.split if held else ''!r}: not in {d.data_dir}; "
+        f"available: {sorted(manifest['splits'])}",
       )
       _require(
         bool(manifest.get("tokenizer") or d.tokenizer),
