@@ -110,7 +110,7 @@ def achieved_flops_per_s(manifest, peak: float) -> float:
   for e in manifest["points"]:
     r = sweeps._read_json(os.path.join(sweeps.point_dir(manifest["root"], e), sweeps.RESULT))
     if r and r.get("wall_s"):
-      rates.append(r["flops"] / max(1e-9, r["wall_s"] - manifest["overhead_s"]))
+      rates.append(r["flops"] / max(0.5 * r["wall_s"], r["wall_s"] - manifest["overhead_s"]))
   if rates:
     return float(sorted(rates)[len(rates) // 2])
   return peak * manifest["expected_mfu"]

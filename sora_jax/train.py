@@ -44,12 +44,6 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the config.")
 
 
-def load_tokenizer(cfg) -> tokenizer_lib.Tokenizer:
-  if cfg.data.tokenizer:
-    return tokenizer_lib.Tokenizer(cfg.data.tokenizer)
-  return tokenizer_lib.load(cfg.data.data_dir)
-
-
 def train(cfg, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training; returns the last logged metrics."""
   preemption = Preemption()  # From the start: a SIGTERM while compiling saves at step 1.
@@ -89,7 +83,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   # Workdir: the config and tokenizer travel with the checkpoints.
   # ----------------------------------------------------------------------------
-  tokenizer = load_tokenizer(cfg)
+  tokenizer = input_pipeline.load_tokenizer(cfg)
   if is_writer:
     os.makedirs(workdir, exist_ok=True)
     shards.atomic_write_json(os.path.join(workdir, "config.json"), configs.to_json(cfg))

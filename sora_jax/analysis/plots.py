@@ -146,6 +146,8 @@ def coord_check(records: dict[str, Any], path: str) -> str:
           widths, steps[:, s], "o-", color=cmap(s / max(1, steps.shape[1] - 1)), label=f"step {s}"
         )
       ax.set(xscale="log", yscale="log", xlabel="width", title=f"{p}: {site}")
+      ax.set_xticks(widths, [str(w) for w in widths], minor=False)
+      ax.set_xticks([], minor=True)
       if j == 0:
         ax.set_ylabel("mean |activation|")
   axes[0][0].legend(fontsize=7)

@@ -6,7 +6,8 @@ the mean |activation| over real tokens at three sites on one fixed noised batch:
 embedded input ("embedded"), the last block's output ("hidden") and the network output
 ("output"). Under muP these stay flat across widths; under the standard parametrization
 the updated layers' activations grow with width (Yang et al. 2022, Figure 5).
-`slopes` summarizes each curve as d log(scale) / d log(width) after the last step.
+`slopes` gives d log(scale) / d log(width) at each step, `drift` the largest of their
+magnitudes: near 0 under muP, of order 1 under the standard parametrization.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from data_pipelines import tokenizer as tokenizer_lib
 from sora_jax.core import sharding
 from sora_jax.diffusion import flow, latent
 from sora_jax.training import input_pipeline
@@ -52,12 +52,8 @@ def run(
   progress=None,
 ) -> dict[str, Any]:
   """{parametrization: {"widths": [...], "sites": {site: [[scale per step] per width]},
-  "slopes": {site: slope}}}."""
-  tok = (
-    tokenizer_lib.Tokenizer(cfg.data.tokenizer)
-    if cfg.data.tokenizer
-    else tokenizer_lib.load(cfg.data.data_dir)
-  )
+  "slopes": {site: [slope per step]}, "drift": {site: max |slope|}}}."""
+  tok = input_pipeline.load_tokenizer(cfg)
   it = iter(input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg)))
   host = [next(it) for _ in range(steps + 1)]  # Batch 0 is measured, 1.. train.
   noise = np.random.default_rng(0).standard_normal(host[0]["tokens"].shape).astype(np.float32)
@@ -80,10 +76,20 @@ def run(
           state, ema, _ = trainer.step(state, ema, batches[k + 1])
       for s in SITES:
         sites[s].append([float(v[s]) for v in per_step])
-    slopes = {
-      s: float(np.polyfit(np.log(widths), np.log(np.array(sites[s])[:, -1]), 1)[0]) for s in SITES
-    }
-    out[p] = {"widths": list(widths), "sites": sites, "slopes": slopes}
+    slopes = {s: _slopes(widths, np.array(sites[s])) for s in SITES}
+    drift = {s: max((abs(v) for v in slopes[s] if np.isfinite(v)), default=0.0) for s in SITES}
+    out[p] = {"widths": list(widths), "sites": sites, "slopes": slopes, "drift": drift}
+  return out
+
+
+def _slopes(widths: Sequence[int], scales: np.ndarray) -> list[float]:
+  """d log(scale) / d log(width) at each step (nan where a scale is 0, e.g. a zero readout)."""
+  out = []
+  for k in range(scales.shape[1]):
+    col = scales[:, k]
+    out.append(
+      float(np.polyfit(np.log(widths), np.log(col), 1)[0]) if np.all(col > 0) else float("nan")
+    )
   return out
 
 

@@ -25,8 +25,16 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import pipeline
+from data_pipelines import tokenizer as tokenizer_lib
 from data_pipelines.tokenizer import Tokenizer
 from sora_jax.diffusion import latent
+
+
+def load_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
+  """`config.data.tokenizer`, or the one in the data directory's manifest when unset."""
+  if cfg.data.tokenizer:
+    return Tokenizer(cfg.data.tokenizer)
+  return tokenizer_lib.load(cfg.data.data_dir)
 
 
 def num_shards(cfg: ml_collections.ConfigDict) -> int:

@@ -38,7 +38,6 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import shards
-from data_pipelines import tokenizer as tokenizer_lib
 from sora_jax.core import configs, flops, metrics
 from sora_jax.diffusion import latent
 from sora_jax.models import dit
@@ -233,11 +232,7 @@ class StreamStats:
     state_path = self.path[: -len(".npy")] + ".state.json"
     if self._it is None or self._read != len(self.stats):
       cfg = self.cfg
-      tok = (
-        tokenizer_lib.Tokenizer(cfg.data.tokenizer)
-        if cfg.data.tokenizer
-        else tokenizer_lib.load(cfg.data.data_dir)
-      )
+      tok = input_pipeline.load_tokenizer(cfg)
       self._it = iter(input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg)))
       self._read = 0
       saved = _read_json(state_path)
@@ -291,11 +286,7 @@ def resolve(sweep: Sweep, sweep_file: str, root: str, extra: Mapping[str, Any] |
   """The manifest: every point's overrides (steps solved), parameters, tokens and FLOPs."""
   extra = dict(extra or {})
   base = point_config(sweep.base, extra)
-  tok = (
-    tokenizer_lib.Tokenizer(base.data.tokenizer)
-    if base.data.tokenizer
-    else tokenizer_lib.load(base.data.data_dir)
-  )
+  tok = input_pipeline.load_tokenizer(base)
   streams: dict[str, StreamStats] = {}
   entries = []
   for index, p in enumerate(sweep.points):
