@@ -5,7 +5,7 @@ Three fits, each with bootstrap intervals (resampling the runs with replacement)
   compute frontier   L(C) = E + A C^-alpha, fitted to the lower envelope of every run's
                      held-out loss against the FLOPs spent so far (Kaplan et al.'s frontier;
                      points before a run's end saw a learning rate not yet decayed, so the
-                     envelope errs high, never low).
+                     envelope errs high, never low), from the smallest run's compute up.
   isoFLOP profiles   per budget, L against log N fitted by a parabola; its vertex is N_opt(C)
                      and, interpolated in log N, D_opt(C); then N_opt = k C^a, D_opt = k C^b.
                      A vertex outside the widths tried is flagged (the parabola method is
@@ -363,6 +363,11 @@ def analyze(
 
   say("compute frontier")
   env = envelope([[(p["flops"], p["heldout_loss"]) for p in r["heldout_curve"]] for r in fit_runs])
+  # Over the compute the sweep spans: below its smallest run's only the first evaluations
+  # of runs lie, early in their learning-rate schedules.
+  floor = 0.99 * float(cols["C"].min())
+  if (env[:, 0] >= floor).sum() >= 3:
+    env = env[env[:, 0] >= floor]
   frontier = fit_frontier(env[:, 0], env[:, 1], bootstrap=bootstrap, seed=seed)
   frontier["envelope"] = env.tolist()
 
