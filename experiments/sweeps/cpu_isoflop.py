@@ -12,7 +12,7 @@ width; depth and heads follow sora_jax.training.sweeps.shape_for_width (head dim
 layer per 32 of width, at least 2). Results: docs/scaling.md.
 """
 
-from experiments import base
+from experiments import demo
 from sora_jax.training import sweeps
 
 BUDGETS = (8e11, 2.4e12, 7.2e12)  # Training FLOPs per run (as the trainer counts them).
@@ -24,38 +24,17 @@ TOP_WIDTHS = WIDTHS[:3]
 
 
 def get_config(arg=None):
+  """The demo's data and objective (experiments/demo.py); the model sized per point."""
   del arg
-  c = base.get_config()
-  c.data.update(
-    data_dir="out/sweep_data",
-    seq_len=256,
-    max_examples_per_row=12,
-    max_tokens_per_example=40,
-    max_frames=8,
-    min_frame_tokens=16,
-    max_text_len=16,
-    caption_dropout=0.1,
-    num_packing_bins=16,
-    frame_stride=3,
-  )
-  c.model.update(
-    patch=(4, 8, 8),
-    width=64,
-    depth=2,
-    heads=2,
-    dtype="float32",
-    remat="none",
-    parametrization="mup",
-    mup_base_width=64,
-  )
+  c = demo.get_config()
+  c.data.data_dir = "out/sweep_data"
+  c.model.update(width=64, depth=2, heads=2, parametrization="mup", mup_base_width=64)
   c.model.text.update(width=64, depth=1, heads=2)
-  c.flow.update(shift_base_tokens=32, prediction="data", min_t=0.5)
-  c.optim.update(lr=2e-3, warmup_steps=20, weight_decay=0.0, ema_decay=0.99)
+  c.optim.update(lr=2e-3, warmup_steps=20, ema_decay=0.99)
   c.train.update(
     num_steps=100, global_batch_size=4, log_every=25, checkpoint_every=500, keep_checkpoints=1
   )
   c.heldout.update(rows=16, split="eval", timesteps=8, seed=0)
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
   return c
 
 

@@ -149,6 +149,16 @@ def _minimize(starts, log_n, log_d, log_l, keep: int = 24) -> np.ndarray:
   return best
 
 
+def interval_95(samples: np.ndarray, names: Sequence[str]) -> dict[str, list[float]]:
+  """Percentile 95% intervals of bootstrap samples `[S, len(names)]` (none without samples)."""
+  if not len(samples):
+    return {}
+  return {
+    k: [float(np.percentile(samples[:, i], 2.5)), float(np.percentile(samples[:, i], 97.5))]
+    for i, k in enumerate(names)
+  }
+
+
 def to_constants(theta: np.ndarray) -> dict[str, float]:
   a, b, e, alpha, beta = theta
   return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
@@ -192,12 +202,7 @@ def fit_parametric(
   samples = np.array(samples)
   out = {
     "constants": best,
-    "interval_95": {
-      k: [float(np.percentile(samples[:, i], 2.5)), float(np.percentile(samples[:, i], 97.5))]
-      for i, k in enumerate(PARAM_NAMES)
-    }
-    if len(samples)
-    else {},
+    "interval_95": interval_95(samples, PARAM_NAMES),
     "bootstrap_samples": len(samples),
     # Fewer runs than constants: a minimum, not a determined fit.
     "underdetermined": bool(len(loss) < 5),
@@ -287,12 +292,7 @@ def fit_frontier(
       "A": float(np.exp(theta[0])),
       "alpha": float(theta[2]),
     },
-    "interval_95": {
-      k: [float(np.percentile(samples[:, i], 2.5)), float(np.percentile(samples[:, i], 97.5))]
-      for i, k in enumerate(names)
-    }
-    if len(samples)
-    else {},
+    "interval_95": interval_95(samples, names),
     "points": len(loss),
   }
 
