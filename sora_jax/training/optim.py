@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sora_jax.models import mup
+
 
 def schedule(cfg: Mapping[str, Any], num_steps: int) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `num_steps`."""
@@ -64,7 +66,7 @@ def scale_per_parameter(factors: Any) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+    return mup.scale_tree(updates, factors), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
