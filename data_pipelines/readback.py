@@ -39,6 +39,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from data_pipelines import render
 from data_pipelines.vocab import (
@@ -117,6 +118,8 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     shape_errors: per shape, the template misfit normalized by the area (lower is better).
     displacement: (dx / W, dy / H) of the object over the clip, or None.
     detected_frames: fraction of frames in which the object was found.
+    objects: median over frames of the separate blobs standing out from the
+      background (each at least a tenth of the largest's area): 1 for a clean clip.
   """
   x = np.asarray(frames)
   if x.ndim == 3:
@@ -159,6 +162,7 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     "shape_errors": None,
     "displacement": None,
     "detected_frames": 0.0,
+    "objects": 0,
     "outlined": False,
     "striped": striped,
     "hole_fraction": 0.0,
@@ -174,6 +178,7 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   if contrast < MIN_CONTRAST:
     return out
   fg_rgb = np.median(smooth[dist > contrast / 2], axis=0)
+  out["objects"] = count_blobs(dist > contrast / 2)
   out.update(found=True, color=_nearest_blend(fg_rgb, bg), color_rgb=tuple(map(float, fg_rgb)))
 
   # Coverage: 0 on the background, 1 on the object; unclipped so noise averages out.
@@ -234,6 +239,46 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     else:
       out["motion"] = "moving down" if dy > 0 else "moving up"
   return out
+
+
+def count_blobs(mask: np.ndarray, min_fraction: float = 0.1) -> int:
+  """Median over frames of the 8-connected blobs of a boolean mask `[T, H, W]` whose area
+  is at least `min_fraction` of that frame's largest blob."""
+  counts = []
+  for m in mask:
+    labels, n = ndimage.label(m, structure=np.ones((3, 3)))
+    if n == 0:
+      counts.append(0)
+      continue
+    areas = np.bincount(labels.ravel())[1:]
+    counts.append(int((areas >= min_fraction * areas.max()).sum()))
+  return int(np.median(counts))
+
+
+def grid_energy(frames: np.ndarray, period: int) -> tuple[float, float]:
+  """(sum of |neighbour differences| across the lines x, y = k * period, their count's
+  share of the same sum over all neighbour pairs) pooled parts of a patch-grid score.
+
+  Returns (boundary, everywhere): summed absolute differences between horizontal and
+  vertical pixel neighbours that straddle a multiple of `period`, and over all
+  neighbours, each divided by its number of pairs. Their ratio, pooled over many clips
+  (sum the parts first), is ~1 where edges fall anywhere (real clips) and grows where
+  a sampler leaves steps at patch borders.
+  """
+  x = np.asarray(frames, np.float32)
+  if x.ndim == 3:
+    x = x[None]
+  dx = np.abs(np.diff(x, axis=2)).sum(-1)  # [T, H, W-1]: between columns j and j+1
+  dy = np.abs(np.diff(x, axis=1)).sum(-1)  # [T, H-1, W]
+  bx = (np.arange(1, x.shape[2]) % period) == 0  # the pair (j-1, j) straddles j = k*period
+  by = (np.arange(1, x.shape[1]) % period) == 0
+  boundary = dx[:, :, bx].sum() + dy[:, by, :].sum()
+  n_boundary = dx[:, :, bx].size + dy[:, by, :].size
+  everywhere = dx.sum() + dy.sum()
+  n_all = dx.size + dy.size
+  if n_boundary == 0:
+    return 0.0, 0.0
+  return float(boundary / n_boundary), float(everywhere / n_all)
 
 
 def _stripes(rows: np.ndarray) -> tuple[float, np.ndarray | None]:

@@ -37,10 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
     worker_buffer_size=2,
   )
 
-  # Latent stage (sora_jax.diffusion.latent): "pixel" is the identity; "autoencoder" is a
-  # trained video autoencoder (sora_jax.train_autoencoder) in `autoencoder`.
+  # Latent stage (sora_jax.diffusion.latent): "pixel" is the identity; "pca" a linear
+  # latent fitted from the data (sora_jax.fit_pca) in `pca`; "autoencoder" a trained
+  # video autoencoder (sora_jax.train_autoencoder) in `autoencoder`.
   c.latent = dict(
     kind="pixel",
+    pca="",  # Its directory (python -m sora_jax.fit_pca writes it).
+    pca_block=8,  # Its pixel block side (the spatial compression) ...
+    pca_channels=16,  # ... and the principal components kept (the latent's channels).
     autoencoder="",  # Its workdir.
     step=-1,  # Its checkpoint (-1: the latest).
     stats_file="",  # Latent shift/scale; "": the autoencoder's latent_stats.json.
@@ -114,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     keep_checkpoints=3,
     async_checkpointing=True,
     profile_steps=0,
+    # Wall-clock cap: save and stop at the first log step past it (0: none). A safety
+    # net for a fixed budget; the step reached is printed and logged (time_limit_step).
+    time_limit_minutes=0.0,
   )
 
   # Parallelism: mesh axis sizes (-1: all remaining devices) and the rules that

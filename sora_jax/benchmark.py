@@ -58,11 +58,11 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import pipeline, synthetic, throughput, tokenizer
-from sora_jax.core import configs, distributed, flops, sharding
+from sora_jax.core import cli, configs, distributed, flops, sharding
 from sora_jax.diffusion import latent
 from sora_jax.models import (
   attention,
@@ -523,4 +523,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data_pipelines import tokenizer as tokenizer_lib
-from sora_jax.core import checkpointing, configs, safetensors_io, sharding
+from sora_jax.core import checkpointing, cli, configs, safetensors_io, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import latent
 from sora_jax.models import dit
@@ -165,4 +165,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

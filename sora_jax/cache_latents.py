@@ -34,12 +34,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipelines import media, pipeline, schema, shards, sizing
-from sora_jax.core import checkpointing
+from sora_jax.core import checkpointing, cli
 from sora_jax.diffusion import latent
 
 FLAGS = flags.FLAGS
@@ -269,4 +269,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

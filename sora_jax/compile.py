@@ -54,11 +54,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import pipeline, shards, tokenizer
-from sora_jax.core import configs, distributed, flops, sharding
+from sora_jax.core import cli, configs, distributed, flops, sharding
 from sora_jax.diffusion import latent
 from sora_jax.models import attention
 from sora_jax.training import validation
@@ -443,4 +443,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

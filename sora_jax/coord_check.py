@@ -17,12 +17,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data_pipelines import shards
 from sora_jax.analysis import plots
-from sora_jax.core import configs, distributed, sharding
+from sora_jax.core import cli, configs, distributed, sharding
 from sora_jax.training import coord_check, validation
 
 FLAGS = flags.FLAGS
@@ -69,4 +69,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -17,10 +17,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from data_pipelines import shards
-from sora_jax.core import checkpointing, distributed
+from sora_jax.core import checkpointing, cli, distributed
 from sora_jax.evaluators import prompt_following
 from sora_jax.model_io import adapters
 from sora_jax.sampling import run as run_lib
@@ -48,6 +48,28 @@ def define_flags() -> None:
   flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the config's).")
   flags.DEFINE_integer("seed", 0, "Seed of the first prompt; prompt i uses seed + i.")
   flags.DEFINE_string("output", "out/eval", "Where results and the contact sheet go.")
+  flags.DEFINE_string(
+    "aims",
+    "",
+    "ATTRIBUTE:FRACTION,... to print each accuracy against (e.g. color:0.95,motion:0.75); "
+    "met or not is also written to the results.",
+  )
+
+
+def parse_aims(spec: str) -> dict[str, float]:
+  aims = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, _, value = part.partition(":")
+    try:
+      aims[name.strip()] = float(value)
+    except ValueError:
+      raise sampler.RequestError(f"--aims entry {part!r}: expected ATTRIBUTE:FRACTION") from None
+    allowed = (*prompt_following.CHANCE, "one_object")
+    if name.strip() not in allowed:
+      raise sampler.RequestError(
+        f"--aims entry {part!r}: unknown attribute; allowed: {', '.join(allowed)}"
+      )
+  return aims
 
 
 def parse_sizes(spec: str) -> list[tuple[int, int, int]]:
@@ -68,8 +90,11 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --data_dir is required")
   if bool(FLAGS.workdir) == bool(FLAGS.model):
     sys.exit("error: pass one of --workdir=RUN or --model=EXPORT_DIR")
+  cli.quiet()
   distributed.initialize_from_flags()
+  cli.log_to_file(os.path.join(FLAGS.output, "logs"), "evaluate")
   try:
+    aims = parse_aims(FLAGS.aims)
     sizes = parse_sizes(FLAGS.sizes) if FLAGS.sizes else None
     presets = [adapters.parse_spec(p) for p in FLAGS.preset]
     run = run_lib.load(FLAGS.workdir or FLAGS.model, FLAGS.step, presets=presets)
@@ -83,6 +108,7 @@ def main(argv: Sequence[str]) -> None:
       cfg_scale=FLAGS.cfg_scale,
       seed=FLAGS.seed,
       output=FLAGS.output,
+      aims=aims,
     )
   except (
     sampler.RequestError,
@@ -95,9 +121,26 @@ def main(argv: Sequence[str]) -> None:
   accuracy = result["accuracy"]
   n = len(result["samples"])
   print(f"prompt following at step {result['step']} on {n} prompts of split {FLAGS.split!r}:")
+
+  def aim_text(k):
+    if k not in aims:
+      return ""
+    return f"  aim {aims[k]:.0%}: {'met' if accuracy[k] >= aims[k] else 'NOT met'}"
+
   for k, chance in prompt_following.CHANCE.items():
     if k in accuracy:
-      print(f"  {k:<10} {accuracy[k]:6.1%}  (chance {chance:.0%}, n={accuracy['n_' + k]})")
+      print(
+        f"  {k:<10} {accuracy[k]:6.1%}  (chance {chance:.0%}, n={accuracy['n_' + k]})" + aim_text(k)
+      )
+  real = result["real"]
+  print(
+    f"  {'one object':<10} {accuracy['one_object']:6.1%}  (real clips {real['one_object']:.0%})"
+    + aim_text("one_object")
+  )
+  print(
+    f"  {'patch grid':<10} {accuracy['grid_ratio']:6.2f}x (real clips {real['grid_ratio']:.2f}x; "
+    "1 = no grid)"
+  )
   if "style" in accuracy:  # Prompts with a style phrase: is the style there in the pixels?
     print(f"  {'style':<10} {accuracy['style']:6.1%}  (n={accuracy['n_style']})")
   print(f"results: {os.path.join(FLAGS.output, 'eval_results.json')}")
@@ -105,4 +148,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -23,10 +23,10 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_pipelines import contact_sheet, media
-from sora_jax.core import checkpointing, distributed
+from sora_jax.core import checkpointing, cli, distributed
 from sora_jax.model_io import adapters
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler
@@ -134,7 +134,9 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if bool(FLAGS.workdir) == bool(FLAGS.model):
     sys.exit("error: pass one of --workdir=RUN or --model=EXPORT_DIR")
+  cli.quiet()
   distributed.initialize_from_flags()
+  cli.log_to_file(os.path.join(FLAGS.output, "logs"), "sample")
   try:
     requests = read_requests(
       FLAGS.prompt,
@@ -169,4 +171,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

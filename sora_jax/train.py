@@ -21,17 +21,17 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import shards
 from data_pipelines import tokenizer as tokenizer_lib
-from sora_jax.core import checkpointing, configs, distributed, flops, metrics, sharding
+from sora_jax.core import checkpointing, cli, configs, distributed, flops, metrics, sharding
 from sora_jax.diffusion import latent
 from sora_jax.model_io import adapters, model_dir
 from sora_jax.models import lora
 from sora_jax.training import guard, heldout, input_pipeline, validation
-from sora_jax.training.preemption import Preemption
+from sora_jax.training.preemption import Preemption, TimeLimit
 from sora_jax.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -68,6 +68,8 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       cfg.data.tokenizer = base_model.tokenizer_path
     if cfg.latent.get("kind") == "autoencoder" and not cfg.latent.autoencoder:
       cfg.latent.autoencoder = base_model.autoencoder_dir
+    if cfg.latent.get("kind") == "pca" and not cfg.latent.get("pca"):
+      cfg.latent.pca = base_model.stage_dir
   validation.validate(cfg)
   try:
     mesh = sharding.make_mesh(cfg.mesh)
@@ -96,16 +98,15 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # ----------------------------------------------------------------------------
   trainer = Trainer(cfg, mesh, tokenizer.vocab_size)
   counts = trainer.counts
-  logging.info(
-    "model: %s parameters (%s per video token, %s per caption token)",
-    f"{counts['total']:,}",
-    f"{counts['video']:,}",
-    f"{counts['text']:,}",
+  cli.say(
+    f"model: {counts['total']:,} parameters ({counts['video']:,} per video token, "
+    f"{counts['text']:,} per caption token); mesh {dict(mesh.shape)} over {mesh.size} "
+    f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)"
   )
   stage = latent.stage_for(cfg)
-  if is_writer and isinstance(stage, latent.AutoencoderStage):
+  if is_writer and latent.copy_name(cfg.latent):
     # Sampling decodes with this copy, whatever happens to the original.
-    stage.export(os.path.join(workdir, latent.AUTOENCODER_COPY))
+    stage.export(os.path.join(workdir, latent.copy_name(cfg.latent)))
   dataset = input_pipeline.make_dataset(
     cfg, tokenizer, stage, jax.process_index(), jax.process_count()
   )
@@ -128,7 +129,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   )
   start = mngr.latest_step()
   if start is not None:
-    logging.info("resuming from step %d in %s", start, workdir)
+    cli.say(f"resuming from step {start} in {workdir}")
     state, ema = checkpointing.restore_train(
       mngr,
       start,
@@ -150,7 +151,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
         os.path.join(workdir, adapters.BASE_FILE),
         {"path": base_model.path, "fingerprint": base_model.fingerprint},
       )
-    logging.info("initialized from %s (fingerprint %s)", base_model.path, base_model.fingerprint)
+    cli.say(f"initialized from {base_model.path} (fingerprint {base_model.fingerprint})")
   else:
     start = 0
     state, ema = trainer.init(cfg.seed)
@@ -168,12 +169,17 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # Every process traces the same window into its own directory.
   profile = range(start + 2, start + 2 + cfg.train.profile_steps)
   profile_dir = os.path.join(workdir, "profile", f"process_{jax.process_index()}")
+  # The wall-clock cap (config.train.time_limit_minutes) is a safety net: every process
+  # takes process 0's decision, so all stop at the same step and save it together.
+  deadline = TimeLimit(cfg.train.get("time_limit_minutes", 0), every=cfg.train.log_every)
+  bar = cli.progress(num_steps, initial=start, desc="train")
   for step in range(start + 1, num_steps + 1):
     if profile and step == profile.start:
       jax.profiler.start_trace(profile_dir)
     batch, useful, real = next(data_iter)
     state, ema, out = trainer.step(state, ema, batch)
     meter.add(out, useful, real)
+    bar.update()
     if profile and step == profile.stop - 1:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
@@ -182,19 +188,37 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
       last = meter.flush()
       writer.scalars(step, last)
       writer.flush()
+      bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
     if held_out and (step == num_steps or (cfg.heldout.every and step % cfg.heldout.every == 0)):
       last.update(held_out(state["params"]))
       writer.scalars(step, {k: v for k, v in last.items() if k.startswith("heldout_")})
       writer.flush()
     preempted = preemption.reached(step)
-    if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:
+    out_of_time = deadline.reached(step)
+    if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted or out_of_time:
       guard.check_finite(state, mngr, step)
       checkpointing.save(mngr, step, state, ema, data_iter, config_json)
     if preempted:
-      logging.warning("preempted: saved step %d; exiting", step)
+      bar.close()
+      cli.say(f"preempted: saved step {step}; exiting (rerun the command to resume)")
       break
+    if out_of_time:
+      if not last or step % cfg.train.log_every:
+        last = meter.flush()
+        writer.scalars(step, last)
+      writer.scalars(step, {"time_limit_step": step})
+      bar.close()
+      cli.say(
+        f"time limit: config.train.time_limit_minutes={deadline.minutes:g} reached at step "
+        f"{step} of {num_steps}; saved it (rerun the command to continue)"
+      )
+      last["time_limit_step"] = float(step)
+      break
+  bar.close()
 
   mngr.wait_until_finished()
+  if mngr.latest_step() is not None:
+    cli.say(f"checkpoint: step {mngr.latest_step()} in {checkpointing.directory(workdir)}")
   mngr.close()
   data_iter.close()
   writer.close()
@@ -246,7 +270,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --workdir is required")
   if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
+  cli.quiet()
   distributed.initialize_from_flags()
+  log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "train")
+  cli.say(f"sora_jax.train: logs in {log_file}")
   try:
     last = train(FLAGS.config, FLAGS.workdir)
   except (
@@ -263,4 +290,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

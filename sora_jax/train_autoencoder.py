@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import clips, media, pipeline, shards
-from sora_jax.core import checkpointing, configs, distributed, metrics, sharding
+from sora_jax.core import checkpointing, cli, configs, distributed, metrics, sharding
 from sora_jax.diffusion import latent
 from sora_jax.training import autoencoder_trainer as aet
 from sora_jax.training import guard, input_pipeline, validation
@@ -227,4 +227,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -52,6 +52,7 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
       f"--output={out}",
       "--num_prompts=6",
       "--steps=2",
+      "--aims=color:0.95,one_object:0.0",
     ],
     cwd=REPO,
     capture_output=True,
@@ -63,8 +64,15 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
     results = json.load(f)
   acc = results["accuracy"]
   assert results["split"] == "eval" and acc["n_color"] == 6
-  assert all(0.0 <= acc[k] <= 1.0 for k in ("color", "shape", "background"))
+  assert all(0.0 <= acc[k] <= 1.0 for k in ("color", "shape", "background", "one_object"))
+  # Clean-sample measures stand beside the same measures on real clips of the split.
+  assert results["real"]["one_object"] == 1.0 and 0.8 < results["real"]["grid_ratio"] < 1.25
+  assert acc["grid_ratio"] > 0
+  assert results["aims"]["one_object"] == {"aim": 0.0, "met": True}
+  assert results["aims"]["color"]["met"] == (acc["color"] >= 0.95)
+  assert "  color " in r.stdout and "aim 95%" in r.stdout and "patch grid" in r.stdout, r.stdout
   assert os.path.exists(os.path.join(out, "eval_contact_sheet.png"))
+  assert os.path.exists(os.path.join(out, "logs", "evaluate.log"))
 
 
 def test_word_probe_compares_true_and_swapped_words(run):

@@ -115,7 +115,7 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_zero(tmp_path, tiny_data_dir
     _train(workdir, tiny_data_dir, "--config.train.num_steps=100000"),
     cwd=REPO,
     env=_env(2),
-    stdout=subprocess.DEVNULL,
+    stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
   )
@@ -126,10 +126,10 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_zero(tmp_path, tiny_data_dir
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
+  out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   steps = _steps(workdir)
   assert steps and steps[-1] < 100000
-  assert f"preempted: saved step {steps[-1]}" in err
+  assert f"preempted: saved step {steps[-1]}" in out
   # The saved step is the last one trained: its loss was logged.
   assert max(_losses(workdir)) == steps[-1]

@@ -313,3 +313,22 @@ def test_parse_caption_rejects_other_text():
   ):
     with pytest.raises(ValueError):
       readback.parse_caption(bad)
+
+
+def test_blob_count_and_patch_grid_score_tell_clean_from_blocky_clips():
+  rng = np.random.default_rng(0)
+  config = render.SceneConfig(
+    min_side=32, max_side=64, min_frames=4, max_frames=4, image_fraction=0
+  )
+  clips = [render.draw(render.sample_scene(rng, config, [("red", "square")])) for _ in range(20)]
+  assert [readback.read_attributes(c)["objects"] for c in clips] == [1] * 20
+  two = clips[0].copy()
+  two[:, :4, :4] = 255 - two[:, -1:, -1:]  # A second blob in a corner, unlike the background.
+  assert readback.read_attributes(two)["objects"] == 2
+  # Edges wherever objects happen to be: pooled over clips the score is ~1 ...
+  b, e = np.sum([readback.grid_energy(c, 8) for c in clips], axis=0)
+  assert 0.7 < b / e < 1.4, b / e
+  # ... and a patchwork of constant 8x8 blocks has its edges only on the grid.
+  blocks = rng.integers(0, 255, (4, 4, 4, 3)).repeat(8, 1).repeat(8, 2).astype(np.uint8)
+  bb, be = readback.grid_energy(blocks, 8)
+  assert bb / be > 5

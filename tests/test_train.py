@@ -2,6 +2,7 @@
 and bad configs fail with one clear line before anything compiles."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     ("--config.mesh.data=3", "mesh"),
     ("--config.data.split=nope", "config.data.split='nope'"),
     ("--config.data.data_dir=/nonexistent", "config.data.data_dir=/nonexistent"),
+    # Flag-level mistakes fail while flags are parsed (sora_jax.core.cli), also one line.
+    ("--config=experiments/no_such_config.py", "--config=experiments/no_such_config.py: no such"),
+    ("--config.train.nosuch=3", "--config.train.nosuch=3: the config has no field 'nosuch'"),
+    ("--config.trainn.num_steps=3", "no field 'trainn' (did you mean 'train'?)"),
+    ("--config.train.num_steps=abc", "--config.train.num_steps=abc"),
+    ("--config.latent.kind=pca", "config.latent.pca=''"),
   ],
 )
 def test_bad_configs_fail_with_one_clear_line(tmp_path, tiny_data_dir, override, message):
@@ -150,6 +157,11 @@ def test_resuming_under_a_changed_model_fails_with_one_line_and_keeps_the_checkp
   workdir = str(tmp_path / "w")
   r = _run(_train_cmd(workdir, tiny_data_dir, "--config.train.num_steps=2"), timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
+  # What a person sees: a few lines and the bar; library logs went to the log file.
+  assert not re.search(r"^[IW]\d{4} ", r.stderr, re.M), r.stderr[-2000:]
+  assert "model: " in r.stdout and "checkpoint: step 2" in r.stdout, r.stdout
+  with open(os.path.join(workdir, "logs", "train.log")) as f:
+    assert "CheckpointManager" in f.read()
   ckpt = os.path.join(workdir, "checkpoints")
   before = sorted(os.listdir(ckpt))
   r = _run(
@@ -163,3 +175,25 @@ def test_resuming_under_a_changed_model_fails_with_one_line_and_keeps_the_checkp
   assert "config.model.width: 64 -> 32" in last, last
   assert "config.train.num_steps: 2 -> 4" in last, last
   assert sorted(os.listdir(ckpt)) == before
+
+
+def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, tiny_data_dir):
+  workdir = str(tmp_path / "w")
+  r = _run(
+    _train_cmd(
+      workdir,
+      tiny_data_dir,
+      "--config.train.num_steps=50",
+      "--config.train.log_every=2",
+      "--config.train.time_limit_minutes=1e-6",
+    ),
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "time_limit_minutes=1e-06 reached at step 2 of 50" in r.stdout, r.stdout
+  steps = [s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert steps == ["2"], steps
+  assert _losses(workdir) and metrics.read_jsonl(os.path.join(workdir, "tensorboard"))[-1] == {
+    "step": 2,
+    "time_limit_step": 2.0,
+  }

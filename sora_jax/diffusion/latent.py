@@ -5,6 +5,9 @@
 
 with `compression = (ct, ch, cw)`: time is causal, so T = 1 + ct * (t - 1), and
 H = ch * h, W = cw * w. `PixelStage` is the identity (compression 1).
+`PCAStage` is a linear latent learned from the data in seconds (`fit_pca`,
+`python -m sora_jax.fit_pca`): each frame's ch x cw pixel blocks projected on
+the top principal components of the data's blocks (time is not compressed).
 `AutoencoderStage` is the learned video autoencoder (sora_jax.models.autoencoder)
 restored from a directory written by `sora_jax.train_autoencoder` (or a copy
 exported beside a diffusion run, or the safetensors autoencoder/ of an exported model).
@@ -38,6 +41,9 @@ from sora_jax.core import checkpointing, safetensors_io
 from sora_jax.models import autoencoder
 
 AUTOENCODER_COPY = "autoencoder"  # The autoencoder's copy inside a diffusion workdir.
+PCA_COPY = "pca"  # The PCA stage's copy inside a diffusion workdir (and an export).
+PCA_FILE = "pca.npz"
+KINDS = ("pixel", "pca", "autoencoder")
 STATS_FILE = (
   "latent_stats.json"  # Per-channel shift and scale, beside an autoencoder's checkpoints.
 )
@@ -178,6 +184,135 @@ class AutoencoderStage:
     os.replace(tmp, directory)
 
 
+class PCAStage:
+  """A linear latent: per frame, each `block` x `block` x 3 pixel block (D values) is
+  projected on the top `channels` principal components of the data's blocks,
+
+    latent = ((block - mean) @ basis) * scale,     block ~= (latent / scale) @ basis.T + mean
+
+  with `scale` making each channel unit-variance over the data. Fitted in seconds
+  (`fit_pca`); encode and decode are one matmul each, so the data pipeline runs it on
+  the host. Time is not compressed (compression (1, block, block)).
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.config = _read_json(os.path.join(directory, "config.json"))
+    if self.config.get("kind") != "pca":
+      raise ValueError(
+        f"{directory}: not a PCA stage (config.json kind {self.config.get('kind')!r})"
+      )
+    path = os.path.join(directory, PCA_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: missing; fit one with python -m sora_jax.fit_pca")
+    with np.load(path) as f:
+      self.mean, self.basis, self.scale = (
+        np.asarray(f[k], np.float32) for k in ("mean", "basis", "scale")
+      )
+    self.block = int(self.config["block"])
+    self.channels = int(self.basis.shape[1])
+    self.compression = (1, self.block, self.block)
+
+  def _blocks(self, video: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    t, h, w, c = video.shape
+    b = self.block
+    if h % b or w % b:
+      raise ValueError(f"video {h}x{w} is not a multiple of the PCA block {b}")
+    x = np.asarray(video, np.float32).reshape(t, h // b, b, w // b, b, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(t, h // b, w // b, b * b * c), (t, h // b, w // b)
+
+  def moments(self, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the unnormalized projection, zeros): a deterministic latent, in the
+    autoencoder's (mean, logvar) form the data pipeline consumes."""
+    x, _ = self._blocks(video)
+    z = (x - self.mean) @ self.basis
+    return z, np.full_like(z, -np.inf)
+
+  def from_moments(self, mean, logvar=None, rng=None) -> np.ndarray:
+    del logvar, rng
+    return np.asarray(mean, np.float32) * self.scale
+
+  def encode(self, video: np.ndarray) -> np.ndarray:
+    return self.from_moments(self.moments(video)[0])
+
+  def decode(self, latent: np.ndarray) -> np.ndarray:
+    z = np.asarray(latent, np.float32)
+    t, h, w, _ = z.shape
+    b = self.block
+    x = (z / self.scale) @ self.basis.T + self.mean
+    x = x.reshape(t, h, w, b, b, 3).transpose(0, 1, 3, 2, 4, 5).reshape(t, h * b, w * b, 3)
+    return np.clip(x, -1.0, 1.0)
+
+  def export(self, directory: str) -> None:
+    """Copies the stage (config.json and pca.npz) into `directory`; an existing copy stays."""
+    if os.path.isdir(directory):
+      return
+    tmp = directory + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in ("config.json", PCA_FILE):
+      shutil.copyfile(os.path.join(self.directory, name), os.path.join(tmp, name))
+    os.replace(tmp, directory)
+
+
+def fit_pca(clips, block: int, channels: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Principal components of the `block` x `block` x 3 pixel blocks of `clips`.
+
+  `clips`: an iterable of videos `[T, H, W, 3]` in [-1, 1] (sides multiples of
+  `block`). Accumulates the blocks' sum and Gram matrix in float64 (one pass, any
+  number of clips), then eigendecomposes. Returns the arrays PCAStage reads and a
+  report: blocks seen, variance kept, and the PSNR of the projection on the fitting
+  blocks (from the discarded eigenvalues).
+  """
+  d = block * block * 3
+  if not 1 <= channels <= d:
+    raise ValueError(f"channels={channels}: allowed 1..{d} for {block}x{block}x3 blocks")
+  n, total, gram = 0, np.zeros(d), np.zeros((d, d))
+  for video in clips:
+    v = np.asarray(video, np.float64)
+    t, h, w, _ = v.shape
+    x = v.reshape(t, h // block, block, w // block, block, 3).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(-1, d)
+    n, total, gram = n + len(x), total + x.sum(0), gram + x.T @ x
+  if n == 0:
+    raise ValueError("no clips to fit the PCA stage on")
+  mean = total / n
+  cov = gram / n - np.outer(mean, mean)
+  eigvals, eigvecs = np.linalg.eigh(cov)
+  order = np.argsort(eigvals)[::-1]
+  eigvals, eigvecs = np.clip(eigvals[order], 0.0, None), eigvecs[:, order]
+  basis = eigvecs[:, :channels]
+  # Sign convention: each component's largest entry positive (a deterministic basis).
+  basis = basis * np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(channels)])
+  std = np.sqrt(np.maximum(eigvals[:channels], 1e-12))
+  mse = eigvals[channels:].sum() / d
+  arrays = {
+    "mean": mean.astype(np.float32),
+    "basis": basis.astype(np.float32),
+    "scale": (1.0 / std).astype(np.float32),
+  }
+  report = {
+    "blocks": int(n),
+    "variance_kept": float(eigvals[:channels].sum() / max(eigvals.sum(), 1e-12)),
+    "psnr_db": float(10 * np.log10(4.0 / max(mse, 1e-12))),  # Pixels span [-1, 1]: peak 2.
+    "channel_std": [float(v) for v in std],
+  }
+  return arrays, report
+
+
+def write_pca(
+  directory: str, block: int, arrays: Mapping[str, np.ndarray], report: Mapping
+) -> None:
+  """Writes a PCAStage directory (config.json with the fit's report, pca.npz)."""
+  os.makedirs(directory, exist_ok=True)
+  np.savez(os.path.join(directory, PCA_FILE), **arrays)
+  channels = int(arrays["basis"].shape[1])
+  shards.atomic_write_json(
+    os.path.join(directory, "config.json"),
+    {"kind": "pca", "block": int(block), "channels": channels, **report},
+  )
+
+
 def _read_json(path: str) -> dict[str, Any]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: missing")
@@ -188,8 +323,15 @@ def _read_json(path: str) -> dict[str, Any]:
 def stage_shape(
   latent_cfg: Mapping[str, Any], directory: str | None = None
 ) -> tuple[tuple[int, int, int], int]:
-  """(compression, channels) of the stage a config names, from the autoencoder's config.json."""
-  if latent_cfg.get("kind", "pixel") != "autoencoder":
+  """(compression, channels) of the stage a config names, from its directory's config.json."""
+  kind = latent_cfg.get("kind", "pixel")
+  if kind == "pca":  # The config states the shape; the directory must match it.
+    if latent_cfg.get("pca_block") is None:  # A config without the fields: the directory's.
+      pca = _read_json(os.path.join(directory or latent_cfg.get("pca", ""), "config.json"))
+      return (1, int(pca["block"]), int(pca["block"])), int(pca["channels"])
+    b = int(latent_cfg["pca_block"])
+    return (1, b, b), int(latent_cfg["pca_channels"])
+  if kind != "autoencoder":
     return PixelStage.compression, PixelStage.channels
   directory = directory or latent_cfg.get("autoencoder", "")
   path = os.path.join(directory, "config.json")
@@ -201,11 +343,16 @@ def stage_shape(
 
 
 def make_stage(latent_cfg: Mapping[str, Any], directory: str | None = None) -> LatentStage:
-  """The stage a config names; `directory` overrides latent.autoencoder (e.g. the copy
-  saved beside a diffusion run)."""
+  """The stage a config names; `directory` overrides latent.autoencoder or latent.pca
+  (e.g. the copy saved beside a diffusion run)."""
   kind = latent_cfg.get("kind", "pixel")
   if kind == "pixel":
     return PixelStage()
+  if kind == "pca":
+    directory = directory or latent_cfg.get("pca", "")
+    if not directory:
+      raise ValueError("latent.kind='pca' needs latent.pca=DIR (python -m sora_jax.fit_pca)")
+    return PCAStage(directory, latent_cfg.get("pca_block"), latent_cfg.get("pca_channels"))
   if kind == "autoencoder":
     directory = directory or latent_cfg.get("autoencoder", "")
     if not directory:
@@ -215,7 +362,7 @@ def make_stage(latent_cfg: Mapping[str, Any], directory: str | None = None) -> L
     stats = "" if directory != latent_cfg.get("autoencoder") else latent_cfg.get("stats_file", "")
     step = latent_cfg.get("step", -1)
     return AutoencoderStage(directory, None if step is None or step < 0 else int(step), stats)
-  raise ValueError(f"latent.kind={kind!r}; allowed: 'pixel', 'autoencoder'")
+  raise ValueError(f"latent.kind={kind!r}; allowed: {', '.join(map(repr, KINDS))}")
 
 
 def geometry(stage: LatentStage, patch) -> sizing.Geometry:
@@ -326,3 +473,8 @@ def read_stats(path: str) -> dict[str, Any]:
   if "shift" not in d or "scale" not in d:
     raise ValueError(f"{path}: not a latent statistics file (needs 'shift' and 'scale')")
   return d
+
+
+def copy_name(latent_cfg: Mapping[str, Any]) -> str | None:
+  """Where a run keeps its stage's copy (WORKDIR/NAME, and NAME/ in an export); None for pixels."""
+  return {"autoencoder": AUTOENCODER_COPY, "pca": PCA_COPY}.get(latent_cfg.get("kind", "pixel"))

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from data_pipelines import contact_sheet, media, readback, shards, sizing, vocab
+from data_pipelines import contact_sheet, media, pipeline, readback, shards, sizing, vocab
 from sora_jax.diffusion import latent
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler
@@ -62,21 +62,49 @@ def requests_for(prompts: list[str], sizes: list[tuple[int, int, int]], seed: in
   return out
 
 
-def score_all(requests, videos) -> tuple[dict[str, float], list[dict]]:
+def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list[dict]]:
+  """Accuracies of the attributes read back, plus how clean the clips are: the fraction
+  with exactly one object (`one_object`) and the patch-grid score (`grid_ratio`, see
+  `readback.grid_energy`; ~1 without a grid) at the patch period in pixels."""
   # "style": whether a prompt's style phrase (e.g. "hollow") is read back from the pixels.
-  rows, hits = [], {k: [] for k in (*CHANCE, "style")}
+  rows, hits = [], {k: [] for k in (*CHANCE, "style", "one_object")}
+  boundary = everywhere = 0.0
   for req, video in zip(requests, videos, strict=True):
     got = readback.read_attributes(video)
     result = readback.score(video, req.prompt)
     for k, ok in result.items():
       if k in hits:
         hits[k].append(ok)
+    hits["one_object"].append(got["objects"] == 1)
+    b, e = readback.grid_energy(video, period)
+    boundary, everywhere = boundary + b, everywhere + e
     rows.append(
       {"prompt": req.prompt, "size": [req.num_frames, req.height, req.width], "read": got, **result}
     )
   accuracy = {k: float(np.mean(v)) for k, v in hits.items() if v}
   counts = {f"n_{k}": len(v) for k, v in hits.items() if v or k in CHANCE}
+  accuracy["grid_ratio"] = boundary / max(everywhere, 1e-9)
   return {**accuracy, **counts}, rows
+
+
+def real_clips(data_dir: str, split: str, requests) -> list[np.ndarray]:
+  """One real clip of the split per request, cut and resized to the request's size (frames
+  at the pipeline's stride 3 of the demo), for the same measures as generated clips."""
+  out, examples = [], []
+  for path in shards.split_files(data_dir, split):
+    examples.extend(shards.read_shard(path))
+    if len(examples) >= 4 * len(requests):
+      break
+  videos = [e for e in examples if e.num_frames > 1]
+  images = [e for e in examples if e.num_frames == 1] or videos
+  for i, req in enumerate(requests):
+    pool = videos if req.num_frames > 1 else images
+    ex = pool[i % len(pool)]
+    frames = media.decode(ex)
+    stride = max(1, min(3, (len(frames) - 1) // max(req.num_frames - 1, 1)))
+    frames = frames[: (req.num_frames - 1) * stride + 1 : stride]
+    out.append(pipeline.resize_frames(frames, req.height, req.width))
+  return out
 
 
 def _json_safe(x):
@@ -100,10 +128,13 @@ def evaluate(
   cfg_scale: float | None = None,
   seed: int = 0,
   output: str | None = None,
+  aims: dict[str, float] | None = None,
 ) -> dict:
   """Generates the split's held-out prompts and reads them back.
 
-  Returns {"step", "split", "accuracy": {attribute: fraction, "n_<attribute>": count},
+  Returns {"step", "split", "accuracy": {attribute: fraction, "n_<attribute>": count,
+  "one_object", "grid_ratio"}, "real": {"one_object", "grid_ratio"} (real clips),
+  ["aims": {attribute: {"aim", "met"}} when `aims` is given,]
   "samples": [per prompt: prompt, size, what was read, hits]}; with `output`,
   also writes eval_results.json and eval_contact_sheet.png there.
   """
@@ -112,8 +143,17 @@ def evaluate(
     raise sampler.RequestError(f"split {split!r} of {data_dir} has no captions")
   requests = requests_for(prompts, sizes or training_sizes(run.cfg, run.geom), seed)
   videos = run_lib.generate(run, requests, steps=steps, cfg_scale=cfg_scale)
-  accuracy, rows = score_all(requests, videos)
-  result = _json_safe({"step": run.step, "split": split, "accuracy": accuracy, "samples": rows})
+  period = run.geom.align[1]  # The patch side in pixels.
+  accuracy, rows = score_all(requests, videos, period)
+  # The same measures on real clips of the split at the same sizes: the reference.
+  real, _ = score_all(requests, real_clips(data_dir, split, requests), period)
+  reference = {k: real[k] for k in ("one_object", "grid_ratio")}
+  result = {"step": run.step, "split": split, "accuracy": accuracy, "real": reference}
+  if aims:  # What the caller hoped for, and whether each attribute reached it.
+    result["aims"] = {
+      k: {"aim": a, "met": bool(accuracy.get(k, 0.0) >= a)} for k, a in sorted(aims.items())
+    }
+  result = _json_safe({**result, "samples": rows})
   if output:
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "eval_results.json"), "w") as f:

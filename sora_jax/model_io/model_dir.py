@@ -82,8 +82,9 @@ class ExportOptions:
 def _geometry(cfg, workdir: str) -> sizing.Geometry:
   """The run's token geometry, read from the autoencoder copy beside its checkpoints (the
   original autoencoder may have moved or gone)."""
-  copy = os.path.join(workdir, latent.AUTOENCODER_COPY)
-  directory = copy if os.path.isdir(copy) else None
+  name = latent.copy_name(cfg.latent)
+  copy = os.path.join(workdir, name) if name else ""
+  directory = copy if name and os.path.isdir(copy) else None
   compression, channels = latent.stage_shape(cfg.latent, directory)
   return sizing.Geometry(tuple(int(p) for p in cfg.model.patch), compression, channels)
 
@@ -142,6 +143,10 @@ def export(
     shutil.copyfile(tok_path, os.path.join(tmp, tokenizer_lib.MODEL_NAME))
     if cfg.latent.get("kind") == "autoencoder":
       _export_autoencoder(workdir, os.path.join(tmp, AUTOENCODER_DIR))
+    elif cfg.latent.get("kind") == "pca":  # Two small files: copied as they are.
+      latent.PCAStage(os.path.join(workdir, latent.PCA_COPY)).export(
+        os.path.join(tmp, latent.PCA_COPY)
+      )
     with open(os.path.join(tmp, CONFIG_FILE)) as f:
       card = model_card(json.load(f), summary)
     with open(os.path.join(tmp, "README.md"), "w") as f:
@@ -359,6 +364,9 @@ class ModelDir:
     if not os.path.exists(self.tokenizer_path):
       raise ExportError(f"{path}: no {tokenizer_lib.MODEL_NAME}")
     self.autoencoder_dir = os.path.join(self.path, AUTOENCODER_DIR)
+    # The directory a latent stage is read from (the autoencoder's, or the PCA stage's).
+    name = latent.copy_name(self.cfg.latent)
+    self.stage_dir = os.path.join(self.path, name) if name else None
     self.weights = self.config["weights"]
     self.fingerprint = self.weights["fingerprint"]
     if self.weights["format"] == "safetensors":  # Fail now, not at the first sample.

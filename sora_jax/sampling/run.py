@@ -53,21 +53,21 @@ class Run:
       self.step = self.export.config["provenance"]["step"]
       self.config_json = self.export.config["train_config"]
       tokenizer_path = self.export.tokenizer_path
-      ae_copy = self.export.autoencoder_dir
     else:
       self.step, self.config_json = checkpointing.restore_config(path, step)
       tokenizer_path = os.path.join(path, MODEL_NAME)
-      ae_copy = os.path.join(path, latent.AUTOENCODER_COPY)
     self.cfg = configs.from_json(self.config_json)
     self.tokenizer = Tokenizer(tokenizer_path)
-    if self.cfg.latent.get("kind") == "autoencoder" and not autoencoder:
-      autoencoder = ae_copy
-      if not os.path.isdir(autoencoder):
+    copy = latent.copy_name(self.cfg.latent)
+    stage_dir = autoencoder if self.cfg.latent.get("kind") == "autoencoder" else None
+    if copy and not stage_dir:
+      stage_dir = os.path.join(self.export.path if self.export else path, copy)
+      if not os.path.isdir(stage_dir):
         raise FileNotFoundError(
-          f"{autoencoder}: this latent-space run has no autoencoder copy; name one with "
-          "--autoencoder"
+          f"{stage_dir}: this latent-space run has no copy of its latent stage"
+          + ("; name one with --autoencoder" if copy == latent.AUTOENCODER_COPY else "")
         )
-    self.stage = latent.stage_for(self.cfg, autoencoder)
+    self.stage = latent.stage_for(self.cfg, stage_dir)
     self.geom = latent.geometry_for(self.cfg, self.stage)
     self.opts = pipeline.Options.from_config(self.cfg.data)
     self.flow_cfg = flow.FlowConfig.from_config(self.cfg.flow)

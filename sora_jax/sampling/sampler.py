@@ -17,11 +17,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from data_pipelines import patchify, pipeline, sizing
 from data_pipelines.tokenizer import EOS_ID, Tokenizer
-from sora_jax.core import sharding
+from sora_jax.core import cli, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
 
@@ -188,7 +187,8 @@ class Sampler:
     device_rows = put(device_rows) if put else jax.tree.map(jnp.asarray, device_rows)
     x = device_rows.pop("tokens")
     grid = np.linspace(1.0, 0.0, steps + 1)
-    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+    bar = cli.progress(steps, desc=f"sampling {len(rows['tokens'])} row(s)") if progress else None
+    for i in range(steps):
       x = self._step(
         self.params,
         x,
@@ -199,7 +199,12 @@ class Sampler:
         method=method,
         guided=guided and lo <= grid[i] <= hi,
       )
-    return np.asarray(jax.device_get(x))
+      if bar is not None:
+        bar.update()
+    x = np.asarray(jax.device_get(x))
+    if bar is not None:
+      bar.close()
+    return x
 
 
 def unpack(

@@ -1,4 +1,6 @@
-"""Preemption: SIGTERM makes every process save at the same step boundary and exit 0.
+"""Stopping early and cleanly: preemption, and a wall-clock cap.
+
+Preemption: SIGTERM makes every process save at the same step boundary and exit 0.
 
 In a multi-process job the JAX coordination service's preemption sync manager
 (on by default with `jax.distributed`) catches SIGTERM on any host, agrees on a
@@ -9,7 +11,10 @@ them. A single process simply notes the signal and stops at the next step.
 from __future__ import annotations
 
 import signal
+import time
 
+import jax
+import numpy as np
 from absl import logging
 from jax._src import distributed as jax_distributed  # Is jax.distributed initialized?
 from jax.experimental import multihost_utils
@@ -37,3 +42,24 @@ class Preemption:
   def close(self) -> None:
     if not self._distributed:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+class TimeLimit:
+  """`reached(step)`: whether `minutes` of wall time have passed since construction.
+
+  Checked every `every` steps; process 0's clock decides and the answer is broadcast,
+  so every process stops (and saves) at the same step. `minutes` <= 0: never.
+  """
+
+  def __init__(self, minutes: float, every: int = 1):
+    self.minutes = float(minutes or 0)
+    self.every = max(1, int(every))
+    self.end = time.monotonic() + 60.0 * self.minutes
+
+  def reached(self, step: int) -> bool:
+    if self.minutes <= 0 or step % self.every:
+      return False
+    over = time.monotonic() >= self.end
+    if jax.process_count() > 1:
+      over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over)))
+    return over

@@ -18,6 +18,7 @@ from data_pipelines import clips, pipeline, shards
 from sora_jax.core import sharding
 from sora_jax.core.configs import ConfigError
 from sora_jax.core.configs import require as _require
+from sora_jax.diffusion import latent
 from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, mup, stack
 from sora_jax.training import input_pipeline
 
@@ -156,9 +157,21 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   # Latent stage.
   lat = cfg.latent
   _require(
-    lat.kind in ("pixel", "autoencoder"),
-    f"config.latent.kind={lat.kind!r}; allowed: 'pixel', 'autoencoder'",
+    lat.kind in latent.KINDS,
+    f"config.latent.kind={lat.kind!r}; allowed: {', '.join(map(repr, latent.KINDS))}",
   )
+  if lat.kind == "pca":
+    _require(
+      lat.pca_block >= 1 and 1 <= lat.pca_channels <= 3 * lat.pca_block**2,
+      f"config.latent.pca_block={lat.pca_block}, pca_channels={lat.pca_channels}: need a "
+      f"block >= 1 and 1..{3 * max(lat.pca_block, 1) ** 2} channels",
+    )
+  if lat.kind == "pca" and for_training:
+    _require(
+      bool(lat.get("pca")) and os.path.exists(os.path.join(lat.pca, latent.PCA_FILE)),
+      f"config.latent.pca={lat.get('pca', '')!r}: no fitted PCA stage there; fit one with "
+      "python -m sora_jax.fit_pca --data_dir=DATA --output_dir=DIR",
+    )
   if lat.kind == "autoencoder":
     _require(
       bool(lat.autoencoder),
@@ -216,6 +229,10 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   ):
     _require(int(t[name]) > 0, f"config.train.{name}={t[name]}: must be positive")
   _require(t.profile_steps >= 0, f"config.train.profile_steps={t.profile_steps}: must be >= 0")
+  _require(
+    t.get("time_limit_minutes", 0) >= 0,
+    f"config.train.time_limit_minutes={t.get('time_limit_minutes')}: must be >= 0 (0: none)",
+  )
 
   # Parallelism.
   _check_mesh(cfg)
