@@ -32,16 +32,15 @@ format: install
 test: lint
 	$(PY) -m pytest -q -m "not slow" --durations=20 tests
 
-# The demo: data -> tokenizer -> PCA latent stage -> training on CPU -> samples ->
-# prompt-following evaluation against its aims. Rerunning resumes: data and stage are
-# kept and training continues from its last checkpoint. SEED=K trains with another seed.
+# The demo: data -> tokenizer -> training on CPU -> samples -> prompt-following
+# evaluation against its aims. Rerunning resumes: the data is kept and training
+# continues from its last checkpoint. SEED=K trains with another seed.
 SEED ?= 0
 DEMO_AIMS := color:0.95,shape:0.7,motion:0.75,background:0.95,one_object:0.9
 demo: install
 	@test -f $(OUT)/data/manifest.json || $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data --num_examples=10000 --seed=0
 	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=128
-	@test -f $(OUT)/pca/pca.npz || $(PY) -m sora_jax.fit_pca --config=experiments/demo.py --config.data.data_dir=$(OUT)/data --output_dir=$(OUT)/pca --channels=48
-	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data --config.latent.pca=$(OUT)/pca --config.seed=$(SEED)
+	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data --config.seed=$(SEED)
 	$(PY) -m sora_jax.sample --workdir=$(OUT)/run --prompts_file=experiments/demo_prompts.jsonl --output=$(OUT)/samples
 	$(PY) -m sora_jax.evaluate --workdir=$(OUT)/run --data_dir=$(OUT)/data --output=$(OUT)/eval --aims=$(DEMO_AIMS)
 	@echo

@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     pca="",  # Its directory (python -m sora_jax.fit_pca writes it).
     pca_block=8,  # Its pixel block side (the spatial compression) ...
     pca_channels=16,  # ... and the principal components kept (the latent's channels).
+    # False: coefficients in pixel units (diffusion in the PCA subspace of pixel space);
+    # True: each channel scaled to unit variance (docs/performance.md compares them).
+    pca_whiten=False,
     autoencoder="",  # Its workdir.
     step=-1,  # Its checkpoint (-1: the latest).
     stats_file="",  # Latent shift/scale; "": the autoencoder's latent_stats.json.

@@ -29,6 +29,8 @@ def get_config(arg=None):
   c.model.update(patch=(1, 1, 1))
   c.flow.update(shift_base_tokens=16, prediction="velocity", min_t=0.05)
   # ~1.2 s per step on 2 cores (~61 examples per step): the pixel demo's ~20 minutes.
-  c.train.update(num_steps=1000, global_batch_size=16, log_every=25, checkpoint_every=250)
+  c.train.update(
+    time_limit_minutes=0.0, num_steps=1000, global_batch_size=16, log_every=25, checkpoint_every=250
+  )
   c.sample.update(cfg_scale=3.0)
   return c

@@ -14,6 +14,5 @@ def get_config(arg=None):
   # 4 frames x one 8x8 block per token, as the pixel demo's 4x8x8 patches, but 16
   # channels per block: 64 values per token instead of 768.
   c.model.update(patch=(4, 1, 1))
-  c.flow.update(prediction="velocity", min_t=0.05)
-  c.train.update(num_steps=900, checkpoint_every=300)
+  c.train.update(time_limit_minutes=0.0, num_steps=900, checkpoint_every=300)
   return c

@@ -23,8 +23,9 @@ from ml_collections import config_flags
 
 from data_pipelines import pipeline, shards, sizing
 from sora_jax.core import cli
+from sora_jax.core.configs import ConfigError
 from sora_jax.diffusion import latent
-from sora_jax.training import input_pipeline
+from sora_jax.training import input_pipeline, validation
 
 FLAGS = flags.FLAGS
 
@@ -68,26 +69,28 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
   if not FLAGS.output_dir:
     sys.exit("error: --output_dir is required")
-  if FLAGS.block < 1 or FLAGS.clips < 1:
-    sys.exit(f"error: --block={FLAGS.block} and --clips={FLAGS.clips} must be positive")
+  if FLAGS.clips < 1:
+    sys.exit(f"error: --clips={FLAGS.clips} must be positive")
+  cfg = FLAGS.config
+  lat = cfg.latent
   cli.quiet()
   cli.log_to_file(os.path.join(FLAGS.output_dir, "logs"), "fit_pca")
-  cfg = FLAGS.config
   t0 = time.time()
   try:
-    stream = clips(cfg, FLAGS.block, FLAGS.channels, FLAGS.clips, FLAGS.seed)
+    validation.validate(cfg, for_training=False)
+    block, channels, whiten = int(lat.pca_block), int(lat.pca_channels), bool(lat.pca_whiten)
+    stream = clips(cfg, block, channels, FLAGS.clips, FLAGS.seed)
     bar = cli.progress(FLAGS.clips, desc="fit_pca", unit="clip")
-    arrays, report = latent.fit_pca(
-      (bar.update() or v for v in stream), FLAGS.block, FLAGS.channels
-    )
+    arrays, report = latent.fit_pca((bar.update() or v for v in stream), block, channels, whiten)
     bar.close()
-  except (shards.DatasetError, FileNotFoundError, ValueError) as e:
+  except (ConfigError, shards.DatasetError, FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  latent.write_pca(FLAGS.output_dir, FLAGS.block, arrays, report)
+  latent.write_pca(FLAGS.output_dir, block, arrays, report)
   cli.say(
-    f"PCA stage: {FLAGS.block}x{FLAGS.block}x3 blocks -> {FLAGS.channels} channels, "
-    f"{report['variance_kept']:.2%} of the variance, {report['psnr_db']:.1f} dB on "
-    f"{report['blocks']:,} blocks, in {time.time() - t0:.0f} s: {FLAGS.output_dir}"
+    f"PCA stage: {block}x{block}x3 blocks -> {channels} channels"
+    f"{' (whitened)' if whiten else ''}, {report['variance_kept']:.2%} of the variance, "
+    f"{report['psnr_db']:.1f} dB on {report['blocks']:,} blocks, in {time.time() - t0:.0f} s: "
+    f"{FLAGS.output_dir}"
   )
 
 

@@ -173,48 +173,47 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # takes process 0's decision, so all stop at the same step and save it together.
   deadline = TimeLimit(cfg.train.get("time_limit_minutes", 0), every=cfg.train.log_every)
   bar = cli.progress(num_steps, initial=start, desc="train")
-  for step in range(start + 1, num_steps + 1):
-    if profile and step == profile.start:
-      jax.profiler.start_trace(profile_dir)
-    batch, useful, real = next(data_iter)
-    state, ema, out = trainer.step(state, ema, batch)
-    meter.add(out, useful, real)
-    bar.update()
-    if profile and step == profile.stop - 1:
-      jax.block_until_ready(state)
-      jax.profiler.stop_trace()
-    if step % cfg.train.log_every == 0 or step == num_steps:
-      guard.check_finite(state, mngr, step)
-      last = meter.flush()
-      writer.scalars(step, last)
-      writer.flush()
-      bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-    if held_out and (step == num_steps or (cfg.heldout.every and step % cfg.heldout.every == 0)):
-      last.update(held_out(state["params"]))
-      writer.scalars(step, {k: v for k, v in last.items() if k.startswith("heldout_")})
-      writer.flush()
-    preempted = preemption.reached(step)
-    out_of_time = deadline.reached(step)
-    if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted or out_of_time:
-      guard.check_finite(state, mngr, step)
-      checkpointing.save(mngr, step, state, ema, data_iter, config_json)
-    if preempted:
-      bar.close()
-      cli.say(f"preempted: saved step {step}; exiting (rerun the command to resume)")
-      break
-    if out_of_time:
-      if not last or step % cfg.train.log_every:
+  try:
+    for step in range(start + 1, num_steps + 1):
+      if profile and step == profile.start:
+        jax.profiler.start_trace(profile_dir)
+      batch, useful, real = next(data_iter)
+      state, ema, out = trainer.step(state, ema, batch)
+      meter.add(out, useful, real)
+      bar.update()
+      if profile and step == profile.stop - 1:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      out_of_time = deadline.reached(step)  # Only ever at a log step.
+      if step % cfg.train.log_every == 0 or step == num_steps:
+        guard.check_finite(state, mngr, step)
         last = meter.flush()
+        if out_of_time:
+          last["time_limit_step"] = float(step)
         writer.scalars(step, last)
-      writer.scalars(step, {"time_limit_step": step})
-      bar.close()
-      cli.say(
-        f"time limit: config.train.time_limit_minutes={deadline.minutes:g} reached at step "
-        f"{step} of {num_steps}; saved it (rerun the command to continue)"
-      )
-      last["time_limit_step"] = float(step)
-      break
-  bar.close()
+        writer.flush()
+        bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+      if held_out and (step == num_steps or (cfg.heldout.every and step % cfg.heldout.every == 0)):
+        last.update(held_out(state["params"]))
+        writer.scalars(step, {k: v for k, v in last.items() if k.startswith("heldout_")})
+        writer.flush()
+      preempted = preemption.reached(step)
+      if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted or out_of_time:
+        guard.check_finite(state, mngr, step)
+        checkpointing.save(mngr, step, state, ema, data_iter, config_json)
+      if preempted:
+        bar.close()
+        cli.say(f"preempted: saved step {step}; exiting (rerun the command to resume)")
+        break
+      if out_of_time:
+        bar.close()
+        cli.say(
+          f"time limit: config.train.time_limit_minutes={deadline.minutes:g} reached at step "
+          f"{step} of {num_steps}; saved it (rerun the command to continue)"
+        )
+        break
+  finally:  # The bar's last line comes before any error line.
+    bar.close()
 
   mngr.wait_until_finished()
   if mngr.latest_step() is not None:

@@ -17,14 +17,14 @@ from sora_jax.sampling import sampler
 from sora_jax.training import validation
 
 
-def _low_rank_clips(rank: int, block: int, n: int = 40, seed: int = 0):
+def _low_rank_clips(rank: int, block: int, n: int = 40, seed: int = 0, shape=None):
   """Clips whose block x block x 3 blocks lie in a `rank`-dimensional affine subspace."""
   rng = np.random.default_rng(seed)
   d = block * block * 3
   basis = np.linalg.qr(rng.standard_normal((d, rank)))[0]
   mean = rng.uniform(-0.3, 0.3, d)
   for _ in range(n):
-    t, nh, nw = rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 4)
+    t, nh, nw = shape or (rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 4))
     coef = rng.standard_normal((t, nh, nw, rank)) * np.linspace(0.3, 0.05, rank)
     x = (coef @ basis.T + mean).reshape(t, nh, nw, block, block, 3)
     yield x.transpose(0, 1, 3, 2, 4, 5).reshape(t, nh * block, nw * block, 3)
@@ -32,7 +32,7 @@ def _low_rank_clips(rank: int, block: int, n: int = 40, seed: int = 0):
 
 def test_fit_recovers_a_low_rank_subspace_exactly_and_whitens(tmp_path):
   clips = list(_low_rank_clips(rank=5, block=4))
-  arrays, report = latent.fit_pca(clips, block=4, channels=5)
+  arrays, report = latent.fit_pca(clips, block=4, channels=5, whiten=True)
   assert report["variance_kept"] > 1 - 1e-9 and report["psnr_db"] > 100
   assert report["channel_std"] == sorted(report["channel_std"], reverse=True)
   latent.write_pca(str(tmp_path / "pca"), 4, arrays, report)
@@ -43,6 +43,16 @@ def test_fit_recovers_a_low_rank_subspace_exactly_and_whitens(tmp_path):
   np.testing.assert_allclose(z.std(0), 1, rtol=1e-3)
   for c in clips[:5]:
     np.testing.assert_allclose(stage.decode(stage.encode(c)), np.clip(c, -1, 1), atol=1e-5)
+  # Unwhitened, the latent is in pixel units: an orthonormal projection keeps distances.
+  arrays, _ = latent.fit_pca(clips, block=4, channels=5)
+  latent.write_pca(str(tmp_path / "plain"), 4, arrays, {"whiten": False})
+  plain = latent.PCAStage(str(tmp_path / "plain"), block=4, channels=5, whiten=False)
+  a, b = _low_rank_clips(rank=5, block=4, n=2, seed=0, shape=(2, 3, 2))
+  np.testing.assert_allclose(
+    np.linalg.norm(plain.encode(a) - plain.encode(b)), np.linalg.norm(a - b), rtol=1e-4
+  )
+  with pytest.raises(ValueError, match="config.latent.pca_whiten=True"):
+    latent.PCAStage(str(tmp_path / "plain"), whiten=True)
   # Fewer channels than the rank loses exactly the discarded variance.
   _, short = latent.fit_pca(clips, block=4, channels=3)
   assert 0.5 < short["variance_kept"] < 1 - 1e-3 and short["psnr_db"] < report["psnr_db"]

@@ -193,7 +193,5 @@ def test_time_limit_saves_and_stops_at_a_log_step(tmp_path, tiny_data_dir):
   assert "time_limit_minutes=1e-06 reached at step 2 of 50" in r.stdout, r.stdout
   steps = [s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   assert steps == ["2"], steps
-  assert _losses(workdir) and metrics.read_jsonl(os.path.join(workdir, "tensorboard"))[-1] == {
-    "step": 2,
-    "time_limit_step": 2.0,
-  }
+  last = metrics.read_jsonl(os.path.join(workdir, "tensorboard"))[-1]
+  assert last["step"] == 2 and last["time_limit_step"] == 2.0 and np.isfinite(last["loss"])

@@ -190,18 +190,33 @@ class PCAStage:
 
     latent = ((block - mean) @ basis) * scale,     block ~= (latent / scale) @ basis.T + mean
 
-  with `scale` making each channel unit-variance over the data. Fitted in seconds
+  with `scale` 1 (pixel units) or, whitened, making each channel unit-variance over
+  the data. Fitted in seconds
   (`fit_pca`); encode and decode are one matmul each, so the data pipeline runs it on
   the host. Time is not compressed (compression (1, block, block)).
   """
 
-  def __init__(self, directory: str):
+  def __init__(
+    self,
+    directory: str,
+    block: int | None = None,
+    channels: int | None = None,
+    whiten: bool | None = None,
+  ):
+    """`block`, `channels`, `whiten`: what the config expects (checked against the directory)."""
     self.directory = directory
     self.config = _read_json(os.path.join(directory, "config.json"))
     if self.config.get("kind") != "pca":
       raise ValueError(
         f"{directory}: not a PCA stage (config.json kind {self.config.get('kind')!r})"
       )
+    for name, want in (("block", block), ("channels", channels), ("whiten", whiten)):
+      have = self.config.get(name, False if name == "whiten" else None)
+      if want is not None and have != want:
+        raise ValueError(
+          f"config.latent.pca_{name}={want} but the PCA stage in {directory} has "
+          f"{name} {self.config[name]}; fit it again or set the field to match"
+        )
     path = os.path.join(directory, PCA_FILE)
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path}: missing; fit one with python -m sora_jax.fit_pca")
@@ -255,8 +270,14 @@ class PCAStage:
     os.replace(tmp, directory)
 
 
-def fit_pca(clips, block: int, channels: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def fit_pca(
+  clips, block: int, channels: int, whiten: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Principal components of the `block` x `block` x 3 pixel blocks of `clips`.
+
+  `whiten`: scale each channel to unit variance; otherwise the coefficients stay in
+  pixel units (scale 1: an orthonormal projection, so noise and errors in the latent
+  are the same size in pixels).
 
   `clips`: an iterable of videos `[T, H, W, 3]` in [-1, 1] (sides multiples of
   `block`). Accumulates the blocks' sum and Gram matrix in float64 (one pass, any
@@ -289,9 +310,10 @@ def fit_pca(clips, block: int, channels: int) -> tuple[dict[str, np.ndarray], di
   arrays = {
     "mean": mean.astype(np.float32),
     "basis": basis.astype(np.float32),
-    "scale": (1.0 / std).astype(np.float32),
+    "scale": (1.0 / std if whiten else np.ones(channels)).astype(np.float32),
   }
   report = {
+    "whiten": bool(whiten),
     "blocks": int(n),
     "variance_kept": float(eigvals[:channels].sum() / max(eigvals.sum(), 1e-12)),
     "psnr_db": float(10 * np.log10(4.0 / max(mse, 1e-12))),  # Pixels span [-1, 1]: peak 2.
@@ -352,7 +374,12 @@ def make_stage(latent_cfg: Mapping[str, Any], directory: str | None = None) -> L
     directory = directory or latent_cfg.get("pca", "")
     if not directory:
       raise ValueError("latent.kind='pca' needs latent.pca=DIR (python -m sora_jax.fit_pca)")
-    return PCAStage(directory, latent_cfg.get("pca_block"), latent_cfg.get("pca_channels"))
+    return PCAStage(
+      directory,
+      latent_cfg.get("pca_block"),
+      latent_cfg.get("pca_channels"),
+      latent_cfg.get("pca_whiten"),
+    )
   if kind == "autoencoder":
     directory = directory or latent_cfg.get("autoencoder", "")
     if not directory:
