@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from tqdm import tqdm
 
 from data_pipelines import media, render, schema, shards, vocab
@@ -274,7 +274,14 @@ def generate(opts: Options, show_progress: bool = True) -> dict[str, Any]:
   tasks = _tasks(opts)
   total = sum(t.stop - t.start for t in tasks)
   workers = min(opts.num_workers or os.cpu_count() or 1, len(tasks))
-  bar = tqdm(total=total, unit="ex", desc="synthetic", disable=not show_progress, smoothing=0.1)
+  bar = tqdm(
+    total=total,
+    unit="ex",
+    desc="synthetic",
+    disable=not show_progress,
+    smoothing=0.1,
+    mininterval=0.5 if sys.stderr.isatty() else 60.0,  # Off a terminal: a line a minute.
+  )
   results: dict[int, dict[str, Any]] = {}
   if workers <= 1:
     for k, task in enumerate(tasks):
@@ -385,7 +392,6 @@ def main(argv: Sequence[str]) -> None:
   size = sum(
     os.path.getsize(os.path.join(opts.output_dir, s)) for v in splits.values() for s in v["shards"]
   )
-  logging.info("wrote %s", opts.output_dir)
   print(
     f"synthetic: {splits['train']['num_examples']} train + {splits['eval']['num_examples']} eval "
     f"examples, {size / 2**20:.1f} MiB -> {opts.output_dir}"

@@ -23,9 +23,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from sora_jax.core import checkpointing
+from sora_jax.core import checkpointing, cli
 from sora_jax.model_io import adapters, model_dir
 
 FLAGS = flags.FLAGS
@@ -84,4 +84,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

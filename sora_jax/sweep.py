@@ -23,10 +23,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from data_pipelines import shards
-from sora_jax.core import configs, flops
+from sora_jax.core import cli, configs, flops
 from sora_jax.training import sweep_jobs, sweeps
 
 FLAGS = flags.FLAGS
@@ -180,4 +180,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

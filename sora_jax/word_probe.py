@@ -17,10 +17,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from data_pipelines import shards
-from sora_jax.core import checkpointing
+from sora_jax.core import checkpointing, cli
 from sora_jax.evaluators import word_probe
 from sora_jax.sampling import run as run_lib
 
@@ -66,4 +66,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -290,7 +290,8 @@ def test_sample_command_runs_from_an_export_with_presets(exported, adapter_run, 
     f"--output={out}",
   )
   assert r.returncode == 0, r.stderr[-3000:]
-  assert sorted(os.listdir(out)) == ["000_a_red_square.png", "contact_sheet.png"]
+  assert sorted(os.listdir(out)) == ["000_a_red_square.png", "contact_sheet.png", "logs"]
+  assert os.listdir(os.path.join(out, "logs")) == ["sample.log"]
 
 
 def test_bad_inputs_give_one_line(exported, adapter_run, tmp_path):

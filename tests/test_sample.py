@@ -108,7 +108,9 @@ def test_sample_binary_writes_videos_images_and_a_contact_sheet(workdir, tmp_pat
     "002_a_blue_square_v0.png",
     "002_a_blue_square_v1.png",
     "contact_sheet.png",
+    "logs",  # sample.log: the library logs, off the terminal.
   ]
+  assert "6 sample(s) from step" in r.stdout, r.stdout
   video = media.decode_video(str(out / "000_a_red_square_v0.mp4"))
   assert video.shape == (3, 16, 24, 3)
   assert Image.open(out / "002_a_blue_square_v0.png").size == (16, 32)
