@@ -64,7 +64,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     hint = f" (did you mean {hint.group(1)!r}?)" if hint else ""
     sys.exit(f"error: {given}: the config has no field {field!r}{hint}")
   except Exception as e:  # noqa: BLE001 (a config file's own error: its message, on one line)
-    given = next((a for a in argv[1:] if a.split("=")[0] in _config_args()), "flags")
+    given = [a for a in argv[1:] if a.split("=")[0] in _config_args()]
+    given = given[-1] if given else "flags"  # The last --config given is the one in use.
+    if isinstance(e, OSError) and "No such file" in str(e):
+      sys.exit(f"error: {given}: no such file")
     sys.exit(f"error: {given}: {type(e).__name__}: {_one_line(e)}")
   for name in _config_flag_names():
     try:
