@@ -348,9 +348,6 @@ def stage_shape(
   """(compression, channels) of the stage a config names, from its directory's config.json."""
   kind = latent_cfg.get("kind", "pixel")
   if kind == "pca":  # The config states the shape; the directory must match it.
-    if latent_cfg.get("pca_block") is None:  # A config without the fields: the directory's.
-      pca = _read_json(os.path.join(directory or latent_cfg.get("pca", ""), "config.json"))
-      return (1, int(pca["block"]), int(pca["block"])), int(pca["channels"])
     b = int(latent_cfg["pca_block"])
     return (1, b, b), int(latent_cfg["pca_channels"])
   if kind != "autoencoder":
