@@ -91,6 +91,21 @@ def get_config() -> ml_collections.ConfigDict:
     shift_max=8.0,
     prediction="velocity",  # or "data": the network outputs x0 (see sora_jax/diffusion/flow.py).
     min_t=0.05,
+    # Clean frames given as context in training (sora_jax/diffusion/conditioning.py): the
+    # weight of each task in the mixture; all on "text" = plain text-to-video.
+    # conditioning.MIXTURE is the editing mixture (experiments/demo_edit.py).
+    conditioning=dict(
+      text=1.0,
+      first=0.0,
+      last=0.0,
+      ends=0.0,
+      prefix=0.0,
+      suffix=0.0,
+      random=0.0,
+      forcing=0.0,
+      given_noise=0.05,
+      random_fraction=0.5,
+    ),
   )
 
   # Optimizer (sora_jax.training.optim).

@@ -286,7 +286,7 @@ def time_sampler(trainer: Trainer, batch: dict, steps: int, cfg_scale: float = 4
   """Seconds per guided sampling step on `batch`'s rows, guidance batched and unbatched."""
   params = trainer.model.init(0)
   num_segments = pipeline.Options.from_config(trainer.cfg.data).num_segments
-  rows = {k: np.asarray(batch[k]) for k in sampler.ROW_KEYS}
+  rows = {k: np.asarray(batch[k]) for k in sampler.ROW_KEYS if k in batch}
   out = {}
   for batched in (True, False):
     sample = sampler.Sampler(

@@ -12,10 +12,24 @@ and contact_sheet.png into --output, using the EMA parameters of the latest
 (or --step) checkpoint, or the weights of an exported model directory (--model,
 from sora_jax.export: no workdir needed). --preset applies LoRA adapters
 (style presets), each at its scale (default 1), merged into the weights.
+
+Editing (one model, one sampler; see sora_jax/sampling/plans.py):
+
+  --image=PATH[@FRAME]                  animate an image held at FRAME (default 0)
+  --video=PATH --extend=forward|backward  add --num_frames new frames after/before the clip
+  --loop                                the output ends where it starts (alone, or with
+                                        --image / --video --extend)
+  --video=PATH [--keep=K | --keep_curve=0:1,1:0]
+                                        remix: the clip as a starting point under the new
+                                        prompt (keep 1 = unchanged, 0 = ignored)
+
+Given media are resized to --width x --height; --video_frames and --video_stride
+choose the clip's frames (the last ones when extending forward).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,8 +42,8 @@ from absl import flags
 from data_pipelines import contact_sheet, media
 from sora_jax.core import checkpointing, cli, distributed
 from sora_jax.model_io import adapters
+from sora_jax.sampling import plans, sampler
 from sora_jax.sampling import run as run_lib
-from sora_jax.sampling import sampler
 
 FLAGS = flags.FLAGS
 
@@ -52,6 +66,14 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of the first variant; variant k uses seed + k.")
   flags.DEFINE_integer("num_variants", 1, "Videos per prompt.")
   flags.DEFINE_string("output", "out/samples", "Output directory.")
+  flags.DEFINE_string("image", None, "Animate this image: PATH or PATH@FRAME (default frame 0).")
+  flags.DEFINE_string("video", None, "A clip to extend (--extend) or remix (--keep).")
+  flags.DEFINE_enum("extend", None, ["forward", "backward"], "Extend --video; adds --num_frames.")
+  flags.DEFINE_bool("loop", False, "The output ends where it starts.")
+  flags.DEFINE_float("keep", 0.5, "Remix: how much of --video to keep (0..1).")
+  flags.DEFINE_string("keep_curve", None, "Remix: keep over output time, e.g. 0:1,0.5:0.3,1:0.")
+  flags.DEFINE_integer("video_frames", 0, "Frames of --video to use (0: all).")
+  flags.DEFINE_integer("video_stride", 1, "Take every k-th frame of --video.")
   flags.DEFINE_string(
     "autoencoder",
     None,
@@ -103,6 +125,46 @@ def read_requests(
   return [sampler.Request(p, t, h, w, seed + k) for p, t, h, w in items for k in range(variants)]
 
 
+def plan_requests(requests: list[sampler.Request], geom) -> tuple[list[sampler.Request], list[str]]:
+  """The editing mode the flags ask for, applied to every request; (requests, notes)."""
+  if FLAGS.image and FLAGS.video:
+    raise sampler.RequestError("pass one of --image and --video")
+  if FLAGS.extend and not FLAGS.video:
+    raise sampler.RequestError("--extend needs --video=PATH")
+  remix_flags = FLAGS["keep"].present or FLAGS.keep_curve
+  if remix_flags and (not FLAGS.video or FLAGS.extend):
+    raise sampler.RequestError("--keep and --keep_curve remix a --video (without --extend)")
+  if FLAGS.video_stride < 1 or FLAGS.video_frames < 0:
+    raise sampler.RequestError("--video_stride must be >= 1 and --video_frames >= 0")
+  notes = []
+  out = []
+  if FLAGS.image:
+    path, frame = plans.split_frame(FLAGS.image, "--image")
+    image = plans.read_image(path)
+    for r in requests:
+      ctx = plans.animate(image, 0 if frame is None else frame, FLAGS.loop, r.num_frames)
+      out.append(dataclasses.replace(r, context=ctx))
+    return out, notes
+  if not FLAGS.video:
+    return [dataclasses.replace(r, loop=FLAGS.loop) for r in requests], notes
+  clip = plans.read_video(FLAGS.video)[:: FLAGS.video_stride]
+  if FLAGS.video_frames:
+    forward = FLAGS.extend == "forward"
+    clip = clip[-FLAGS.video_frames :] if forward else clip[: FLAGS.video_frames]
+  if FLAGS.extend:
+    for r in requests:
+      ctx, total, note = plans.extend(clip, FLAGS.extend, r.num_frames, geom, FLAGS.loop)
+      out.append(dataclasses.replace(r, num_frames=total, context=ctx))
+    notes += [note] if note else []
+    return out, notes
+  if FLAGS.loop:
+    raise sampler.RequestError("--loop goes with --image, --video --extend, or no media")
+  curve = plans.parse_curve(FLAGS.keep_curve) if FLAGS.keep_curve else None
+  for r in requests:
+    out.append(dataclasses.replace(r, context=plans.remix(clip, r.num_frames, FLAGS.keep, curve)))
+  return out, notes
+
+
 def output_name(index: int, req: sampler.Request, variants: int) -> str:
   slug = re.sub(r"[^a-z0-9]+", "_", req.prompt.lower()).strip("_")[:60] or "empty"
   suffix = f"_v{index % variants}" if variants > 1 else ""
@@ -149,6 +211,9 @@ def main(argv: Sequence[str]) -> None:
     run = run_lib.load(
       FLAGS.workdir or FLAGS.model, FLAGS.step, autoencoder=FLAGS.autoencoder, presets=presets
     )
+    requests, notes = plan_requests(requests, run.geom)
+    for note in notes:
+      cli.say(f"note: {note}")
     videos = run_lib.generate(
       run, requests, steps=FLAGS.steps, cfg_scale=FLAGS.cfg_scale, method=FLAGS.sampler
     )

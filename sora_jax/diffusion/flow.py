@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sora_jax.diffusion import conditioning as conditioning_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
@@ -47,11 +49,14 @@ class FlowConfig:
   # "data" prediction: the loss is |x0 - x0_hat|^2 / max(t, min_t)^2, the velocity
   # error with its weight on near-clean timesteps capped (min_t = 1: the x0 error).
   min_t: float = 0.05
+  # Clean context in training (sora_jax.diffusion.conditioning); None: text-to-video only.
+  conditioning: conditioning_lib.ConditioningConfig | None = None
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> FlowConfig:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+    names = {f.name for f in dataclasses.fields(cls)} - {"conditioning"}
+    cond = conditioning_lib.ConditioningConfig.from_config(dict(cfg).get("conditioning"))
+    return cls(**{k: v for k, v in dict(cfg).items() if k in names}, conditioning=cond)
 
 
 def segment_counts(segment_ids: jax.Array, num_segments: int) -> jax.Array:
@@ -86,25 +91,38 @@ def sample_timesteps(
   return per_token(t, segment_ids)
 
 
-def per_segment(values: jax.Array, segment_ids: jax.Array, num_segments: int):
+def per_segment(
+  values: jax.Array,
+  segment_ids: jax.Array,
+  num_segments: int,
+  weights: jax.Array | None = None,
+):
   """Mean of `values [B, L]` over each example's tokens: (means [B, K-1], present [B, K-1]).
 
   Column k - 1 is segment id k (padding, id 0, is dropped); `present` marks the
-  segments that have tokens in the row.
+  segments that have tokens in the row. `weights [B, L]` (0/1) restricts the mean to
+  some tokens (e.g. those not given as context); a segment with none is not present.
   """
   one_hot = jax.nn.one_hot(segment_ids, num_segments, dtype=jnp.float32)[..., 1:]  # no padding
+  if weights is not None:
+    one_hot = one_hot * weights[..., None]
   sums = jnp.einsum("bl,blk->bk", values.astype(jnp.float32), one_hot)
   counts = one_hot.sum(axis=1)
   present = counts > 0
   return jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0), present
 
 
-def segment_mean(values: jax.Array, segment_ids: jax.Array, num_segments: int):
-  """Mean of `values [B, L]` over each example's tokens, then over all examples.
+def segment_mean(
+  values: jax.Array,
+  segment_ids: jax.Array,
+  num_segments: int,
+  weights: jax.Array | None = None,
+):
+  """Mean of `values [B, L]` over each example's (weighted) tokens, then over all examples.
 
   Returns (mean over examples, number of examples).
   """
-  per_example, present = per_segment(values, segment_ids, num_segments)
+  per_example, present = per_segment(values, segment_ids, num_segments, weights)
   n = present.sum()
   return per_example.sum() / jnp.maximum(n, 1), n
 
@@ -148,13 +166,50 @@ def token_loss(
   return jnp.mean(jnp.square(pred - (noise - x0)), axis=-1)
 
 
+def context_loss(
+  model,
+  batch: Mapping[str, jax.Array],
+  keep: jax.Array,
+  t: jax.Array,
+  noise: jax.Array,
+  cfg: FlowConfig,
+  num_segments: int,
+  weights: jax.Array | None = None,
+) -> jax.Array:
+  """The objective with frames given as context: tokens at `token_times(t, keep)`, the mean
+  over each example's `weights` tokens (default: those not given), then over examples."""
+  seg = batch["segment_ids"]
+  tt = conditioning_lib.token_times(t, keep)
+  if weights is None:
+    weights = conditioning_lib.loss_weights(keep, seg)
+  return segment_mean(token_loss(model, batch, tt, noise, cfg), seg, num_segments, weights)[0]
+
+
 def loss_fn(
   model, batch: Mapping[str, jax.Array], rng: jax.Array, cfg: FlowConfig, num_segments: int
 ):
-  """Rectified-flow velocity loss of a packed batch; returns (loss, aux metrics)."""
+  """Rectified-flow velocity loss of a packed batch; returns (loss, aux metrics).
+
+  With `cfg.conditioning`, each example draws a task that gives some of its frames
+  as clean context (sora_jax.diffusion.conditioning): given tokens sit at a small
+  noise level and the loss averages over the other tokens only.
+  """
   seg = batch["segment_ids"]
   t_rng, n_rng = jax.random.split(rng)
   t = sample_timesteps(t_rng, seg, num_segments, cfg)
   noise = jax.random.normal(n_rng, batch["tokens"].shape, batch["tokens"].dtype)
-  loss, num_examples = segment_mean(token_loss(model, batch, t, noise, cfg), seg, num_segments)
-  return loss, {"num_examples": num_examples, "real_tokens": (seg > 0).sum()}
+  weights, aux = None, {}
+  if cfg.conditioning is not None:
+    k_rng, g_rng = jax.random.split(jax.random.fold_in(rng, 1))
+    keep, task = conditioning_lib.sample_keep(
+      k_rng, batch["coords"], seg, num_segments, cfg.conditioning
+    )
+    t = conditioning_lib.token_times(
+      t, keep, conditioning_lib.given_levels(g_rng, seg, cfg.conditioning)
+    )
+    weights = conditioning_lib.loss_weights(keep, seg)
+    present = segment_counts(seg, num_segments)[:, 1:] > 0
+    aux["conditioned_examples"] = jnp.sum(present & (task[:, 1:] > 0))
+  per_token_loss = token_loss(model, batch, t, noise, cfg)
+  loss, num_examples = segment_mean(per_token_loss, seg, num_segments, weights)
+  return loss, {"num_examples": num_examples, "real_tokens": (seg > 0).sum(), **aux}

@@ -13,6 +13,7 @@ or with the one `autoencoder=` names.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
 from sora_jax.model_io import adapters, common, model_dir
 from sora_jax.models import dit
-from sora_jax.sampling import sampler
+from sora_jax.sampling import plans, sampler
 
 
 class Run:
@@ -138,18 +139,41 @@ def generate(
   method: str | None = None,
   progress: bool = True,
 ) -> list[np.ndarray]:
-  """Videos, uint8 `[T, H, W, 3]` per request; unset settings come from the run's config."""
+  """Videos, uint8 `[T, H, W, 3]` per request; unset settings come from the run's config.
+
+  A request with `loop` and no context takes a second pass: its first result's first
+  token frame is given at the start and its first frame at the end.
+  """
   for r in requests:  # Fail on a bad size before restoring any weights.
     sampler.check_request(r, run.geom, run.opts)
-  params = run.params
-  rows = sampler.pack_requests(requests, run.geom, run.tokenizer, run.opts)
+  rows = sampler.pack_requests(requests, run.geom, run.tokenizer, run.opts, run.stage)
+  kw = dict(steps=steps, cfg_scale=cfg_scale, method=method, progress=progress)
+  videos = _denoise(run, rows, requests, **kw)
+  loops = [i for i, r in enumerate(requests) if r.loop and not r.context]
+  if loops:
+    again = []
+    for i in loops:
+      r, v = requests[i], videos[i]
+      head = plans.token_frame_span(run.geom, 0, r.num_frames)
+      context = (
+        plans.Given(v[: head.stop], start=0, name="--loop"),
+        plans.Given(v[:1], start=r.num_frames - 1, image=True, name="--loop"),
+      )
+      again.append(dataclasses.replace(r, context=context, loop=False))
+    rows = sampler.pack_requests(again, run.geom, run.tokenizer, run.opts, run.stage)
+    for i, v in zip(loops, _denoise(run, rows, again, **kw), strict=True):
+      videos[i] = v
+  return videos
+
+
+def _denoise(run, rows, requests, *, steps, cfg_scale, method, progress) -> list[np.ndarray]:
   logging.info(
     "%d requests packed into %d rows of %d tokens",
     len(requests),
     len(rows["tokens"]),
     run.opts.seq_len,
   )
-  sample = sampler.Sampler(run.model, params, run.flow_cfg, run.opts.num_segments)
+  sample = sampler.Sampler(run.model, run.params, run.flow_cfg, run.opts.num_segments)
   s = run.cfg.sample
   with jax.set_mesh(run.mesh), sharding.axis_rules(run.rules):
     tokens = sample(

@@ -6,6 +6,13 @@ else shares its row. Every segment follows its own shifted time grid (see
 `sora_jax.diffusion.flow`). Classifier-free guidance runs the conditional rows and their
 unconditional twins (the same noise with an empty caption) in one batched
 forward pass: v = v_uncond + g * (v_cond - v_uncond).
+
+Editing (sora_jax/sampling/plans.py) gives some frames as context: each token
+has a keep value and a given value, and follows the noise level
+`conditioning.token_times(t, keep)` (the function training uses): kept tokens
+(keep = 1) stay at their given values, free ones (keep = 0) start from noise, and
+those in between start from their given value noised to 1 - keep and move once
+the schedule passes it. A request without context is plain text-to-video.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from data_pipelines import patchify, pipeline, sizing
 from data_pipelines.tokenizer import EOS_ID, Tokenizer
 from sora_jax.core import cli, sharding
 from sora_jax.core.sharded_model import ShardedModel
-from sora_jax.diffusion import flow, latent
+from sora_jax.diffusion import conditioning, flow, latent
+from sora_jax.sampling import plans
 
 SAMPLERS = ("euler", "heun")
-# What the sampler reads from packed rows ("tokens": the noise it starts from).
-ROW_KEYS = ("tokens", "coords", "segment_ids", "text_ids", "text_segment_ids")
+# What the sampler reads from packed rows ("tokens": the noise it starts from; "keep" and
+# "given": each token's keep value and given value, see sora_jax/diffusion/conditioning.py).
+ROW_KEYS = ("tokens", "coords", "segment_ids", "text_ids", "text_segment_ids", "keep", "given")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +45,14 @@ class Request:
   height: int
   width: int
   seed: int = 0
+  # Frames given as context (sora_jax.sampling.plans); empty: text-to-video.
+  context: tuple[plans.Given, ...] = dataclasses.field(default=(), compare=False)
+  # Without context: the output ends where it starts (a second pass holds the first
+  # frame of the first at both ends).
+  loop: bool = False
 
 
-class RequestError(ValueError):
-  """A request the model cannot serve; the message names the field."""
+RequestError = plans.RequestError  # A request the model cannot serve; names the field.
 
 
 def check_request(req: Request, geom: sizing.Geometry, opts: pipeline.Options) -> None:
@@ -55,25 +68,39 @@ def check_request(req: Request, geom: sizing.Geometry, opts: pipeline.Options) -
 
 
 def pack_requests(
-  requests: Sequence[Request], geom: sizing.Geometry, tokenizer: Tokenizer, opts: pipeline.Options
+  requests: Sequence[Request],
+  geom: sizing.Geometry,
+  tokenizer: Tokenizer,
+  opts: pipeline.Options,
+  stage: latent.LatentStage | None = None,
 ) -> dict[str, np.ndarray]:
-  """Rows `[R, ...]` of packed noise with the batch keys plus `request` (index + 1, 0 = padding)."""
+  """Rows `[R, ...]` of packed noise with the batch keys, each token's `keep` and `given`
+  values (`stage` encodes given frames), and `request` (index + 1, 0 = padding)."""
   examples = []
   for i, req in enumerate(requests):
     check_request(req, geom, opts)
     grid = geom.grid(req.num_frames, req.height, req.width)
     n = int(np.prod(grid))
     noise = np.random.default_rng(req.seed).standard_normal((n, geom.patch_dim), np.float32)
+    if req.context and stage is None:
+      raise RequestError("a request with given frames needs the latent stage to encode them")
+    keep, given = plans.token_context(req, geom, stage)
     examples.append(
       {
         "tokens": noise,
         "coords": patchify.coordinates(grid),
         "request": np.full((n,), i + 1, np.int32),
+        "keep": keep,
+        "given": given,
         "text_ids": np.asarray(tokenizer.ids(req.prompt, opts.max_text_len), np.int32),
       }
     )
   ds = grain.MapDataset.source(examples).to_iter_dataset()
-  rows = list(pipeline.pack(ds, opts, seed=0, shuffle_bins=False, extra_token_keys=("request",)))
+  rows = list(
+    pipeline.pack(
+      ds, opts, seed=0, shuffle_bins=False, extra_token_keys=("request", "keep", "given")
+    )
+  )
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -137,13 +164,27 @@ class Sampler:
     )
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
-  def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
+  def _times(self, rows, t):
+    """Each token's noise level `[R, L]` at schedule time t (shifted per example, keep applied)."""
     seg = rows["segment_ids"]
     shift = flow.per_token(
       flow.shift_for(flow.segment_counts(seg, self.num_segments), self.flow_cfg), seg
     )
-    tc = flow.shifted(jnp.full(seg.shape, t_cur), shift)
-    tn = flow.shifted(jnp.full(seg.shape, t_next), shift)
+    return conditioning.token_times(flow.shifted(jnp.full(seg.shape, t), shift), rows["keep"])
+
+  def _start(self, noise, rows):
+    """The tokens at t = 1: noise, and given values noised to their joining level."""
+    x = flow.noised(rows["given"], noise, self._times(rows, 1.0), rows["segment_ids"])
+    return x
+
+  def _finish(self, x, rows):
+    """Kept tokens replaced by their given values (exact, whatever the arithmetic did)."""
+    return jnp.where((rows["keep"] >= 1.0)[..., None], rows["given"], x)
+
+  def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
+    seg = rows["segment_ids"]
+    tc = self._times(rows, t_cur)
+    tn = self._times(rows, t_next)
     real = (seg > 0)[..., None]
     dt = (tn - tc)[..., None]
     v = self._velocity(params, x, tc, rows, cfg_scale, guided)
@@ -179,13 +220,16 @@ class Sampler:
     if steps < 1:
       raise RequestError(f"--steps={steps}; must be at least 1")
     guided = cfg_scale != 1.0
+    rows = dict(rows)  # Rows without context (e.g. training batches): every token free.
+    rows.setdefault("keep", np.zeros(rows["segment_ids"].shape, np.float32))
+    rows.setdefault("given", np.zeros(rows["tokens"].shape, np.float32))
     device_rows = {k: rows[k] for k in ROW_KEYS if k != "tokens"}
     if guided:
       uids, useg = unconditional_text(rows["segment_ids"], rows["text_ids"].shape[1])
       device_rows.update(uncond_text_ids=uids, uncond_text_segment_ids=useg)
     device_rows["tokens"] = rows["tokens"]
     device_rows = put(device_rows) if put else jax.tree.map(jnp.asarray, device_rows)
-    x = device_rows.pop("tokens")
+    x = jax.jit(self._start)(device_rows.pop("tokens"), device_rows)
     grid = np.linspace(1.0, 0.0, steps + 1)
     bar = cli.progress(steps, desc=f"sampling {len(rows['tokens'])} row(s)") if progress else None
     for i in range(steps):
@@ -201,7 +245,7 @@ class Sampler:
       )
       if bar is not None:
         bar.update()
-    x = np.asarray(jax.device_get(x))
+    x = np.asarray(jax.device_get(jax.jit(self._finish)(x, device_rows)))
     if bar is not None:
       bar.close()
     return x

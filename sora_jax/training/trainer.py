@@ -154,6 +154,8 @@ class Trainer:
       "lr": self.lr_schedule(state["step"]),
       "examples": aux["num_examples"],
     }
+    if "conditioned_examples" in aux:  # Examples given clean frames (config.flow.conditioning).
+      metrics["conditioned_examples"] = aux["conditioned_examples"]
     return new_state, new_ema, metrics
 
   def step(self, state, ema, batch):

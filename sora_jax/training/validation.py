@@ -18,7 +18,7 @@ from data_pipelines import clips, pipeline, shards
 from sora_jax.core import sharding
 from sora_jax.core.configs import ConfigError
 from sora_jax.core.configs import require as _require
-from sora_jax.diffusion import latent
+from sora_jax.diffusion import conditioning, latent
 from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, mup, stack
 from sora_jax.training import input_pipeline
 
@@ -213,6 +213,8 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     f"config.flow.prediction={cfg.flow.prediction!r}; allowed: 'velocity', 'data'",
   )
   _require(0 < cfg.flow.min_t <= 1, f"config.flow.min_t={cfg.flow.min_t}: allowed (0, 1]")
+  cond_error = conditioning.validate(cfg.flow.get("conditioning", {}))
+  _require(cond_error is None, cond_error)
   _require(o.lr > 0, f"config.optim.lr={o.lr}: must be positive")
   _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
   _require(o.clip_norm > 0, f"config.optim.clip_norm={o.clip_norm}: must be positive")

@@ -1,0 +1,271 @@
+"""Editing plans: images and clips placed on a request's output timeline, as per-token keep values.
+
+A request (`sampler.Request`) may carry `context`: `Given` frames (an image, or a
+clip) placed at an output frame, each with a keep value or a keep curve over
+output time (sora_jax/diffusion/conditioning.py defines keep). Every editing
+mode is a small function here that builds such a request; the sampler runs them
+all the same way, packed like training.
+
+  animate(...)   an image held at frame F (default 0): image-to-video
+  extend(...)    a clip kept, new frames generated after (forward) or before it
+  remix(...)     a clip as a starting point (keep < 1) under a new prompt
+  loop=True      the last frame is given the first frame's content
+
+**Frames to tokens.** Pixel frame f lies in latent frame ceil(f / ct) (the
+autoencoder is causal: latent frame 0 is pixel frame 0 alone, latent frame j >= 1
+covers pixel frames (j-1)ct+1 .. j ct) and token frame latent // pt. A token
+frame's keep is the smallest keep of the pixel frames it covers (0 where nothing
+is given), so a token is only held where all of its frames are given. An image
+is held over the whole token frame it falls in (in pixel space with pt = 4 an
+image at frame 0 fills frames 0-3); in latent space it is encoded alone, as a
+first-frame latent. Clips are encoded together with the output's other given
+frames on the output's own temporal grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from data_pipelines import media, patchify, pipeline, sizing
+
+
+class RequestError(ValueError):
+  """A request the model cannot serve; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Given:
+  """Frames given to the sampler: uint8 `[n, H, W, 3]` (any size) from output frame `start`."""
+
+  frames: np.ndarray
+  start: int = 0
+  keep: float = 1.0  # Used where `curve` is None.
+  curve: tuple[tuple[float, float], ...] | None = None  # (output time in [0, 1], keep) points.
+  image: bool = False
+  name: str = "--video"  # The flag it came from, for error messages.
+
+
+def parse_curve(text: str, name: str = "--keep_curve") -> tuple[tuple[float, float], ...]:
+  """`"0:1,0.5:0.2,1:0"` -> ((0, 1), (0.5, 0.2), (1, 0)): time in [0, 1], increasing; value in [0, 1]."""
+  points = []
+  for part in text.split(","):
+    try:
+      x, y = (float(v) for v in part.split(":"))
+    except ValueError:
+      raise RequestError(f"{name}={text!r}: write time:value pairs, e.g. 0:1,0.5:0.2,1:0") from None
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+      raise RequestError(f"{name}={text!r}: times and values must lie in [0, 1]; got {x}:{y}")
+    points.append((x, y))
+  if any(b[0] <= a[0] for a, b in zip(points, points[1:], strict=False)):
+    raise RequestError(f"{name}={text!r}: times must increase")
+  return tuple(points)
+
+
+def curve_values(curve: tuple[tuple[float, float], ...], num_frames: int) -> np.ndarray:
+  """The piecewise-linear curve at each output frame (time f / (T - 1)), held flat past its ends."""
+  x = np.arange(num_frames) / max(num_frames - 1, 1)
+  xs, ys = zip(*curve, strict=True)
+  return np.interp(x, xs, ys).astype(np.float32)
+
+
+def check_keep(value: float, name: str) -> None:
+  if not 0.0 <= value <= 1.0 or math.isnan(value):
+    raise RequestError(f"{name}={value}: keep must lie in [0, 1] (1 = kept exactly, 0 = free)")
+
+
+def read_image(path: str, name: str = "--image") -> np.ndarray:
+  if not os.path.isfile(path):
+    raise RequestError(f"{name}={path}: no such file")
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return media.decode_image(data)[None]
+  except media.MediaError as e:
+    raise RequestError(f"{name}={path}: {e}") from None
+
+
+def read_video(path: str, name: str = "--video") -> np.ndarray:
+  if not os.path.isfile(path):
+    raise RequestError(f"{name}={path}: no such file")
+  if os.path.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+    return read_image(path, name)
+  try:
+    return media.decode_video(path)
+  except media.MediaError as e:
+    raise RequestError(f"{name}={path}: {e}") from None
+
+
+def split_frame(spec: str, name: str) -> tuple[str, int | None]:
+  """`PATH@FRAME` -> (PATH, FRAME); a plain PATH -> (PATH, None)."""
+  path, sep, frame = spec.rpartition("@")
+  if not sep:
+    return spec, None
+  try:
+    return path, int(frame)
+  except ValueError:
+    raise RequestError(f"{name}={spec}: the part after @ must be a frame number") from None
+
+
+# ------------------------------------------------------------------------------
+# Frames <-> tokens.
+# ------------------------------------------------------------------------------
+
+
+def latent_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
+  """The latent frame holding pixel frame f: ceil(f / ct) (causal; frame 0 alone)."""
+  return -(-pixel_frame // geom.compression[0])
+
+
+def token_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
+  """The token frame (temporal patch) holding pixel frame f."""
+  return latent_frame(geom, pixel_frame) // geom.patch[0]
+
+
+def token_frame_span(geom: sizing.Geometry, frame: int, num_frames: int) -> range:
+  """The pixel frames (of an output of `num_frames`) that token frame `frame` covers."""
+  frames = [f for f in range(num_frames) if token_frame(geom, f) == frame]
+  return range(frames[0], frames[-1] + 1) if frames else range(0)
+
+
+def starts_token_frame(geom: sizing.Geometry, f: int) -> bool:
+  """Whether pixel frame f is the first of its token frame."""
+  return f == 0 or token_frame(geom, f - 1) != token_frame(geom, f)
+
+
+def _nearest_fill(video: np.ndarray, covered: np.ndarray) -> np.ndarray:
+  """Frames not covered take the nearest covered frame (so an encoder sees no black cuts)."""
+  idx = np.flatnonzero(covered)
+  if len(idx) == 0 or covered.all():
+    return video
+  nearest = idx[np.abs(np.arange(len(video))[:, None] - idx[None, :]).argmin(axis=1)]
+  return video[nearest]
+
+
+def token_context(req, geom: sizing.Geometry, stage) -> tuple[np.ndarray, np.ndarray]:
+  """Per-token keep `[n]` and given values `[n, patch_dim]` of request `req`, in token order."""
+  t, h, w = req.num_frames, req.height, req.width
+  grid = geom.grid(t, h, w)
+  n = int(np.prod(grid))
+  if not req.context:
+    return np.zeros((n,), np.float32), np.zeros((n, geom.patch_dim), np.float32)
+  pixel_keep = np.zeros((t,), np.float32)
+  canvas = np.zeros((t, h, w, 3), np.uint8)
+  covered = np.zeros((t,), bool)
+  images = []  # (token frame, frames, keep): encoded alone in latent space.
+  for g in req.context:
+    frames = pipeline.resize_frames(np.asarray(g.frames, np.uint8), h, w)
+    if g.image:
+      if not 0 <= g.start < t:
+        raise RequestError(f"{g.name}: frame {g.start} is outside the output's frames 0..{t - 1}")
+      span = token_frame_span(geom, token_frame(geom, g.start), t)
+      frames = np.repeat(frames[:1], len(span), axis=0)
+      start = span.start
+    else:
+      start = g.start
+      if start < 0 or start + len(frames) > t:
+        raise RequestError(
+          f"{g.name}: its {len(frames)} frames placed at frame {start} leave the output's "
+          f"frames 0..{t - 1}"
+        )
+      span = range(start, start + len(frames))
+    keep = curve_values(g.curve, t)[span.start : span.stop] if g.curve else g.keep
+    canvas[span.start : span.stop] = frames
+    covered[span.start : span.stop] = True
+    pixel_keep[span.start : span.stop] = np.maximum(pixel_keep[span.start : span.stop], keep)
+    if g.image:
+      images.append((token_frame(geom, g.start), frames[:1]))
+
+  ct = geom.compression[0]
+  video = pipeline.to_unit_range(_nearest_fill(canvas, covered))
+  if ct == 1:
+    z = stage.encode(video)
+  else:  # Latent space: clips on the output's grid; images alone, as first-frame latents.
+    z = np.array(stage.encode(video), np.float32)
+    for tf, frame in images:
+      zi = stage.encode(pipeline.to_unit_range(frame))
+      lo, hi = tf * geom.patch[0], min((tf + 1) * geom.patch[0], z.shape[0])
+      z[lo:hi] = zi[:1]
+  z = np.asarray(z, np.float32)[: geom.latent_frames(t)]
+  # Keep per token frame: the smallest keep among the pixel frames it covers.
+  token_keep = np.ones((grid[0],), np.float32)
+  for f in range(t):
+    j = token_frame(geom, f)
+    token_keep[j] = min(token_keep[j], pixel_keep[f])
+  tokens = patchify.patchify(z, geom.patch)
+  coords = patchify.coordinates(grid)
+  return token_keep[coords[:, 0]], tokens.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------
+# Modes: each builds the context of one request.
+# ------------------------------------------------------------------------------
+
+
+def animate(image: np.ndarray, frame: int, loop: bool, num_frames: int) -> tuple[Given, ...]:
+  """An image held at `frame` (and at the last frame too with `loop`)."""
+  out = [Given(image, start=frame, image=True, name="--image")]
+  if loop:
+    out.append(Given(image, start=num_frames - 1, image=True, name="--image (--loop)"))
+  return tuple(out)
+
+
+def extend(
+  clip: np.ndarray,
+  direction: str,
+  new_frames: int,
+  geom: sizing.Geometry,
+  loop: bool = False,
+) -> tuple[tuple[Given, ...], int, str | None]:
+  """A clip kept at the start (`forward`) or the end (`backward`), `new_frames` generated.
+
+  A token is only held when all of its frames are given, so the clip is cut to whole
+  token frames (forward: its first frames dropped) or more frames are generated
+  (backward) so that the seam falls on a token-frame boundary. With `loop` the far
+  end is given the clip's first (forward) or last (backward) frame. Returns (context,
+  output frames, a note for the user or None).
+  """
+  if direction not in ("forward", "backward"):
+    raise RequestError(f"--extend={direction!r}; allowed: forward, backward")
+  if new_frames < 1:
+    raise RequestError(f"--num_frames={new_frames}: the new frames to add must be at least 1")
+  note = None
+  if direction == "forward":
+    kept = len(clip)
+    while kept > 0 and not starts_token_frame(geom, kept):
+      kept -= 1
+    if kept == 0:
+      raise RequestError("--video: the clip is shorter than one token frame; give more frames")
+    if kept < len(clip):
+      note = f"the clip's first {len(clip) - kept} frame(s) were dropped to fill whole patches"
+      clip = clip[len(clip) - kept :]
+    total = kept + new_frames
+    context = [Given(clip, start=0, name="--video")]
+    if loop:
+      context.append(Given(clip[:1], start=total - 1, image=True, name="--video (--loop)"))
+    return tuple(context), total, note
+  start = new_frames
+  while not starts_token_frame(geom, start):
+    start += 1
+  if start != new_frames:
+    note = f"{start - new_frames} more frame(s) generated so that the clip starts a patch"
+  total = start + len(clip)
+  context = [Given(clip, start=start, name="--video")]
+  if loop:
+    context.append(Given(clip[-1:], start=0, image=True, name="--video (--loop)"))
+  return tuple(context), total, note
+
+
+def remix(
+  clip: np.ndarray, num_frames: int, keep: float, curve: tuple[tuple[float, float], ...] | None
+) -> tuple[Given, ...]:
+  """A clip's first `num_frames` frames as a starting point (keep, or a keep curve)."""
+  check_keep(keep, "--keep")
+  if len(clip) < num_frames:
+    raise RequestError(
+      f"--video: the clip has {len(clip)} frames; --num_frames={num_frames} asks for more"
+    )
+  return (Given(clip[:num_frames], start=0, keep=keep, curve=curve, name="--video"),)
