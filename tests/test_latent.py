@@ -19,6 +19,7 @@ from sora_jax.diffusion import latent
 from sora_jax.evaluators import reconstruction
 from sora_jax.model_io import model_dir
 from sora_jax.models import autoencoder as ae
+from sora_jax.sampling import plans
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler as sampling
 from sora_jax.training import input_pipeline, validation
@@ -278,6 +279,24 @@ def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
   assert all(v.dtype == np.uint8 for v in videos)
   for a, b in zip(videos, exported, strict=True):
     np.testing.assert_array_equal(a, b)
+  # Editing in latent space: a 5-frame clip (latent frames 0-1) extended by 4 frames, and an
+  # image animated; the kept latents come back exactly, so the decoder (causal in time)
+  # gives the clip's own reconstruction for its frames.
+  run = run_lib.load(workdir, autoencoder=None)
+  clip = videos[0][:5]
+  ctx, total, _ = plans.extend(clip, "forward", 4, run.geom)
+  edits = [
+    sampling.Request("a red square", total, 16, 24, seed=2, context=ctx),
+    sampling.Request(
+      "a red square", 9, 16, 24, seed=3, context=plans.animate(clip[:1], 0, True, 9)
+    ),
+  ]
+  extended, animated = run_lib.generate(run, edits, steps=2, progress=False)
+  assert extended.shape == animated.shape == (9, 16, 24, 3)
+  own = latent.to_uint8(run.stage.decode(run.stage.encode(pipeline.to_unit_range(clip))))
+  np.testing.assert_array_equal(extended[:5], own)
+  first = latent.to_uint8(run.stage.decode(run.stage.encode(pipeline.to_unit_range(clip[:1]))))
+  np.testing.assert_array_equal(animated[:1], first)
   # A frame count the 4x temporal compression cannot make is refused.
   with pytest.raises(sampling.RequestError, match="1 \\+ a multiple"):
     run_lib.generate(
