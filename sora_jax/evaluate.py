@@ -1,6 +1,12 @@
 r"""Prompt following: generate from held-out captions and read colour, shape and motion back.
 
   python -m sora_jax.evaluate --workdir=DIR --data_dir=DATA [--split=eval] [--output=OUT]
+  python -m sora_jax.evaluate --workdir=DIR --data_dir=DATA --evals=prompt_following,editing
+
+With --evals=editing (sora_jax.evaluators.editing), clips of the split are
+animated from their first frame, extended forward and backward and looped, and
+the kept frames' fidelity, the seams and the continuity of colour and motion are
+printed against their aims (OUT/editing_results.json, editing_contact_sheet.png).
 
 Takes the distinct canonical captions of a split of the built-in synthetic
 dataset (by default `eval`: the (color, shape) pairs held out of training),
@@ -21,7 +27,7 @@ from absl import flags
 
 from data_pipelines import shards
 from sora_jax.core import checkpointing, cli, distributed
-from sora_jax.evaluators import prompt_following
+from sora_jax.evaluators import editing, prompt_following
 from sora_jax.model_io import adapters
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler
@@ -48,6 +54,13 @@ def define_flags() -> None:
   flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the config's).")
   flags.DEFINE_integer("seed", 0, "Seed of the first prompt; prompt i uses seed + i.")
   flags.DEFINE_string("output", "out/eval", "Where results and the contact sheet go.")
+  flags.DEFINE_list(
+    "evals",
+    ["prompt_following"],
+    "Evaluations to run: prompt_following (text-to-video read back), editing (image "
+    "animation, extension both ways and loops: fidelity, seams, continuity).",
+  )
+  flags.DEFINE_integer("num_clips", 16, "Editing: clips of the split each mode runs on.")
   flags.DEFINE_string(
     "aims",
     "",
@@ -93,23 +106,40 @@ def main(argv: Sequence[str]) -> None:
   cli.quiet()
   distributed.initialize_from_flags()
   cli.log_to_file(os.path.join(FLAGS.output, "logs"), "evaluate")
+  unknown = sorted(set(FLAGS.evals) - {"prompt_following", "editing"})
+  if unknown or not FLAGS.evals:
+    sys.exit(f"error: --evals={','.join(FLAGS.evals)}: allowed prompt_following, editing")
   try:
     aims = parse_aims(FLAGS.aims)
     sizes = parse_sizes(FLAGS.sizes) if FLAGS.sizes else None
     presets = [adapters.parse_spec(p) for p in FLAGS.preset]
     run = run_lib.load(FLAGS.workdir or FLAGS.model, FLAGS.step, presets=presets)
-    result = prompt_following.evaluate(
-      run,
-      FLAGS.data_dir,
-      split=FLAGS.split,
-      num_prompts=FLAGS.num_prompts,
-      sizes=sizes,
-      steps=FLAGS.steps,
-      cfg_scale=FLAGS.cfg_scale,
-      seed=FLAGS.seed,
-      output=FLAGS.output,
-      aims=aims,
-    )
+    edits = None
+    if "editing" in FLAGS.evals:
+      edits = editing.evaluate(
+        run,
+        FLAGS.data_dir,
+        split=FLAGS.split,
+        num_clips=FLAGS.num_clips,
+        steps=FLAGS.steps,
+        cfg_scale=FLAGS.cfg_scale,
+        seed=FLAGS.seed,
+        output=FLAGS.output,
+      )
+    result = None
+    if "prompt_following" in FLAGS.evals:
+      result = prompt_following.evaluate(
+        run,
+        FLAGS.data_dir,
+        split=FLAGS.split,
+        num_prompts=FLAGS.num_prompts,
+        sizes=sizes,
+        steps=FLAGS.steps,
+        cfg_scale=FLAGS.cfg_scale,
+        seed=FLAGS.seed,
+        output=FLAGS.output,
+        aims=aims,
+      )
   except (
     sampler.RequestError,
     checkpointing.CheckpointError,
@@ -118,6 +148,32 @@ def main(argv: Sequence[str]) -> None:
     FileNotFoundError,
   ) as e:
     sys.exit(f"error: {e}")
+  if edits is not None:
+    print_editing(edits)
+  if result is not None:
+    print_prompt_following(result, aims)
+
+
+def print_editing(edits: dict) -> None:
+  n = edits["modes"][editing.MODES[0]]["n"]
+  print(f"editing at step {edits['step']} on {n} clips of split {edits['split']!r}:")
+  for mode, m in edits["modes"].items():
+    parts = [f"fidelity {m['fidelity']:.1f} dB"]
+    if "fidelity_reference" in m:
+      parts[-1] += f" (autoencoder alone {m['fidelity_reference']:.1f} dB)"
+    if "seam" in m:
+      parts.append(f"seam {m['seam']:.2f}x")
+    for k in ("color", "motion"):
+      if k in m and mode != "loop":
+        parts.append(f"{k} {m[k]:.0%}")
+    print(f"  {mode:<16} " + ", ".join(parts))
+  for name, a in edits["aims"].items():
+    op = "<=" if name.endswith(".seam") else ">="
+    print(f"  aim {name} {op} {a['aim']:g}: {'met' if a['met'] else 'NOT met'}")
+  print(f"results: {os.path.join(FLAGS.output, 'editing_results.json')}")
+
+
+def print_prompt_following(result: dict, aims: dict[str, float]) -> None:
   accuracy = result["accuracy"]
   n = len(result["samples"])
   print(f"prompt following at step {result['step']} on {n} prompts of split {FLAGS.split!r}:")

@@ -1,16 +1,18 @@
 """Prompt-following evaluation and the caption-word probe, on a briefly trained tiny model."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from data_pipelines import synthetic, tokenizer
+from data_pipelines import render, synthetic, tokenizer
 from experiments import dit_tiny
 from sora_jax import train
-from sora_jax.evaluators import word_probe
+from sora_jax.evaluators import editing, word_probe
 from sora_jax.sampling import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +55,8 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
       "--num_prompts=6",
       "--steps=2",
       "--aims=color:0.95,one_object:0.0",
+      "--evals=prompt_following,editing",
+      "--num_clips=2",
     ],
     cwd=REPO,
     capture_output=True,
@@ -73,6 +77,29 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert "  color " in r.stdout and "aim 95%" in r.stdout and "patch grid" in r.stdout, r.stdout
   assert os.path.exists(os.path.join(out, "eval_contact_sheet.png"))
   assert os.path.exists(os.path.join(out, "logs", "evaluate.log"))
+  # Editing: every mode on 2 clips; pixel space keeps the given frames exactly.
+  with open(os.path.join(out, "editing_results.json")) as f:
+    edits = json.load(f)
+  assert set(edits["modes"]) == set(editing.MODES)
+  for mode, m in edits["modes"].items():
+    assert m["n"] == 2 and m["fidelity"] == editing.PSNR_EXACT, (mode, m)
+    assert m["seam"] > 0 and 0.0 <= m["color"] <= 1.0
+  assert edits["aims"]["animate.seam"]["met"] == (edits["modes"]["animate"]["seam"] <= 1.5)
+  assert "editing at step 4 on 2 clips" in r.stdout and "extend_backward" in r.stdout
+  assert os.path.exists(os.path.join(out, "editing_contact_sheet.png"))
+
+
+def test_seam_ratio_is_one_on_real_motion_and_large_at_a_cut():
+  cfg = render.SceneConfig(min_side=48, max_side=48, min_frames=8, max_frames=8, image_fraction=0)
+  scene = render.sample_scene(np.random.default_rng(3), cfg, [("red", "circle")])
+  scene = dataclasses.replace(scene, motion="moving right", velocity=(2.0, 0.0))
+  clip = render.draw(scene)
+  kept = np.arange(8) < 4
+  smooth = editing.seam_ratio(clip, kept, loop=False)
+  assert 0.7 < smooth < 1.3, smooth
+  cut = clip.copy()
+  cut[4:] = np.roll(clip[4:], 12, axis=2)  # The object jumps at the seam.
+  assert editing.seam_ratio(cut, kept, loop=False) > 2 * smooth
 
 
 def test_word_probe_compares_true_and_swapped_words(run):

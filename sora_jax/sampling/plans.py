@@ -145,17 +145,14 @@ def _nearest_fill(video: np.ndarray, covered: np.ndarray) -> np.ndarray:
   return video[nearest]
 
 
-def token_context(req, geom: sizing.Geometry, stage) -> tuple[np.ndarray, np.ndarray]:
-  """Per-token keep `[n]` and given values `[n, patch_dim]` of request `req`, in token order."""
+def given_frames(req, geom: sizing.Geometry):
+  """What `req.context` places on the output: (frames uint8 `[T, H, W, 3]`, covered `[T]`
+  bool, keep per pixel frame `[T]`, images as (token frame, frame `[1, H, W, 3]`))."""
   t, h, w = req.num_frames, req.height, req.width
-  grid = geom.grid(t, h, w)
-  n = int(np.prod(grid))
-  if not req.context:
-    return np.zeros((n,), np.float32), np.zeros((n, geom.patch_dim), np.float32)
   pixel_keep = np.zeros((t,), np.float32)
   canvas = np.zeros((t, h, w, 3), np.uint8)
   covered = np.zeros((t,), bool)
-  images = []  # (token frame, frames, keep): encoded alone in latent space.
+  images = []
   for g in req.context:
     frames = pipeline.resize_frames(np.asarray(g.frames, np.uint8), h, w)
     if g.image:
@@ -163,38 +160,51 @@ def token_context(req, geom: sizing.Geometry, stage) -> tuple[np.ndarray, np.nda
         raise RequestError(f"{g.name}: frame {g.start} is outside the output's frames 0..{t - 1}")
       span = token_frame_span(geom, token_frame(geom, g.start), t)
       frames = np.repeat(frames[:1], len(span), axis=0)
-      start = span.start
+      images.append((token_frame(geom, g.start), frames[:1]))
     else:
-      start = g.start
-      if start < 0 or start + len(frames) > t:
+      if g.start < 0 or g.start + len(frames) > t:
         raise RequestError(
-          f"{g.name}: its {len(frames)} frames placed at frame {start} leave the output's "
+          f"{g.name}: its {len(frames)} frames placed at frame {g.start} leave the output's "
           f"frames 0..{t - 1}"
         )
-      span = range(start, start + len(frames))
+      span = range(g.start, g.start + len(frames))
     keep = curve_values(g.curve, t)[span.start : span.stop] if g.curve else g.keep
     canvas[span.start : span.stop] = frames
     covered[span.start : span.stop] = True
     pixel_keep[span.start : span.stop] = np.maximum(pixel_keep[span.start : span.stop], keep)
-    if g.image:
-      images.append((token_frame(geom, g.start), frames[:1]))
+  return canvas, covered, pixel_keep, images
 
-  ct = geom.compression[0]
+
+def frame_keep(req, geom: sizing.Geometry) -> np.ndarray:
+  """The keep value each output frame gets `[T]`: its token frame's, the smallest keep of
+  the pixel frames that token frame covers."""
+  _, _, pixel_keep, _ = given_frames(req, geom)
+  t = req.num_frames
+  frames = [token_frame(geom, f) for f in range(t)]
+  token_keep = {j: min(pixel_keep[f] for f in range(t) if frames[f] == j) for j in set(frames)}
+  return np.asarray([token_keep[j] for j in frames], np.float32)
+
+
+def token_context(req, geom: sizing.Geometry, stage) -> tuple[np.ndarray, np.ndarray]:
+  """Per-token keep `[n]` and given values `[n, patch_dim]` of request `req`, in token order."""
+  t, h, w = req.num_frames, req.height, req.width
+  grid = geom.grid(t, h, w)
+  n = int(np.prod(grid))
+  if not req.context:
+    return np.zeros((n,), np.float32), np.zeros((n, geom.patch_dim), np.float32)
+  canvas, covered, _, images = given_frames(req, geom)
   video = pipeline.to_unit_range(_nearest_fill(canvas, covered))
-  if ct == 1:
-    z = stage.encode(video)
-  else:  # Latent space: clips on the output's grid; images alone, as first-frame latents.
-    z = np.array(stage.encode(video), np.float32)
+  z = np.array(stage.encode(video), np.float32)
+  if geom.compression[0] > 1:  # Latent space: images alone, as first-frame latents.
     for tf, frame in images:
       zi = stage.encode(pipeline.to_unit_range(frame))
       lo, hi = tf * geom.patch[0], min((tf + 1) * geom.patch[0], z.shape[0])
       z[lo:hi] = zi[:1]
-  z = np.asarray(z, np.float32)[: geom.latent_frames(t)]
-  # Keep per token frame: the smallest keep among the pixel frames it covers.
-  token_keep = np.ones((grid[0],), np.float32)
+  z = z[: geom.latent_frames(t)]
+  keep = frame_keep(req, geom)
+  token_keep = np.zeros((grid[0],), np.float32)
   for f in range(t):
-    j = token_frame(geom, f)
-    token_keep[j] = min(token_keep[j], pixel_keep[f])
+    token_keep[token_frame(geom, f)] = keep[f]
   tokens = patchify.patchify(z, geom.patch)
   coords = patchify.coordinates(grid)
   return token_keep[coords[:, 0]], tokens.astype(np.float32)
