@@ -163,5 +163,13 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   # Sampling defaults (sora_jax.sample).
-  c.sample = dict(steps=50, cfg_scale=5.0, sampler="heun", fps=8, guidance_interval=(0.0, 1.0))
+  # frames_cfg_scale: guidance over given frames when editing (1 = off; sampling/sampler.py).
+  c.sample = dict(
+    steps=50,
+    cfg_scale=5.0,
+    sampler="heun",
+    fps=8,
+    guidance_interval=(0.0, 1.0),
+    frames_cfg_scale=1.0,
+  )
   return c

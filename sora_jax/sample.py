@@ -62,6 +62,9 @@ def define_flags() -> None:
   flags.DEFINE_float("fps", None, "Frames per second of the mp4 (default: the config's).")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale; 1 = off.")
+  flags.DEFINE_float(
+    "frames_cfg_scale", None, "Editing: guidance over the given frames; 1 = off (the config's)."
+  )
   flags.DEFINE_enum("sampler", None, list(sampler.SAMPLERS), "ODE solver (default: the config's).")
   flags.DEFINE_integer("seed", 0, "Seed of the first variant; variant k uses seed + k.")
   flags.DEFINE_integer("num_variants", 1, "Videos per prompt.")
@@ -215,7 +218,12 @@ def main(argv: Sequence[str]) -> None:
     for note in notes:
       cli.say(f"note: {note}")
     videos = run_lib.generate(
-      run, requests, steps=FLAGS.steps, cfg_scale=FLAGS.cfg_scale, method=FLAGS.sampler
+      run,
+      requests,
+      steps=FLAGS.steps,
+      cfg_scale=FLAGS.cfg_scale,
+      method=FLAGS.sampler,
+      frames_cfg_scale=FLAGS.frames_cfg_scale,
     )
   except (
     sampler.RequestError,

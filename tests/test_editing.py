@@ -271,3 +271,28 @@ def test_a_model_trained_with_conditioning_uses_given_frames(tmp_path):
   without = flow.context_loss(net, batch, jnp.zeros_like(keep), t, noise, run.flow_cfg, k, free)
   # The same free tokens at the same noise: the given first frames make them predictable.
   assert float(with_frames) < 0.85 * float(without), (with_frames, without)
+
+
+def test_guidance_over_given_frames_batched_equals_one_pass_at_a_time(tiny_run):
+  run = run_lib.load(tiny_run)
+  clip = np.random.default_rng(2).integers(0, 255, (2, 8, 8, 3), np.uint8)
+  ctx, total, _ = plans.extend(clip, "forward", 2, run.geom)
+  requests = [
+    sampling.Request("a red square", total, 8, 8, seed=1, context=ctx),
+    sampling.Request("a blue square", 2, 8, 8, seed=2),
+  ]
+  rows = sampling.pack_requests(requests, run.geom, run.tokenizer, run.opts, run.stage)
+  out = {}
+  for batched in (True, False):
+    s = sampling.Sampler(
+      run.model, run.params, run.flow_cfg, run.opts.num_segments, batch_guidance=batched
+    )
+    for g in (1.0, 3.0):
+      with jax.set_mesh(run.mesh):
+        out[batched, g] = s(
+          rows, steps=2, cfg_scale=2.0, method="euler", frames_scale=g, progress=False
+        )
+  np.testing.assert_allclose(out[True, 3.0], out[False, 3.0], atol=1e-4)
+  free = rows["keep"] < 1
+  assert np.abs(out[True, 3.0] - out[True, 1.0])[free].max() > 1e-3  # It changes the result.
+  np.testing.assert_array_equal(out[True, 3.0][~free], rows["given"][~free])

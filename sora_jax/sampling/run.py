@@ -137,6 +137,7 @@ def generate(
   steps: int | None = None,
   cfg_scale: float | None = None,
   method: str | None = None,
+  frames_cfg_scale: float | None = None,
   progress: bool = True,
 ) -> list[np.ndarray]:
   """Videos, uint8 `[T, H, W, 3]` per request; unset settings come from the run's config.
@@ -147,7 +148,13 @@ def generate(
   for r in requests:  # Fail on a bad size before restoring any weights.
     sampler.check_request(r, run.geom, run.opts)
   rows = sampler.pack_requests(requests, run.geom, run.tokenizer, run.opts, run.stage)
-  kw = dict(steps=steps, cfg_scale=cfg_scale, method=method, progress=progress)
+  kw = dict(
+    steps=steps,
+    cfg_scale=cfg_scale,
+    method=method,
+    frames_cfg_scale=frames_cfg_scale,
+    progress=progress,
+  )
   videos = _denoise(run, rows, requests, **kw)
   loops = [i for i, r in enumerate(requests) if r.loop and not r.context]
   if loops:
@@ -166,7 +173,9 @@ def generate(
   return videos
 
 
-def _denoise(run, rows, requests, *, steps, cfg_scale, method, progress) -> list[np.ndarray]:
+def _denoise(
+  run, rows, requests, *, steps, cfg_scale, method, frames_cfg_scale, progress
+) -> list[np.ndarray]:
   logging.info(
     "%d requests packed into %d rows of %d tokens",
     len(requests),
@@ -182,6 +191,7 @@ def _denoise(run, rows, requests, *, steps, cfg_scale, method, progress) -> list
       cfg_scale=s.cfg_scale if cfg_scale is None else cfg_scale,
       method=method or s.sampler,
       guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))),
+      frames_scale=s.get("frames_cfg_scale", 1.0) if frames_cfg_scale is None else frames_cfg_scale,
       progress=progress,
       put=sampler.batch_put(run.mesh, run.rules),
     )

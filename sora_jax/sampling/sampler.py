@@ -115,6 +115,16 @@ def unconditional_text(segment_ids: np.ndarray, text_len: int) -> tuple[np.ndarr
   return ids, seg
 
 
+ALL_FRAMES = 1 << 30  # A caption window's end that no frame reaches.
+
+
+def all_frames(shape: tuple[int, ...]) -> np.ndarray:
+  """Caption windows `[R, Lt, 2]` open to every frame."""
+  out = np.zeros(shape, np.int32)
+  out[..., 1] = ALL_FRAMES
+  return out
+
+
 class Sampler:
   """Integrates the velocity field from noise (t = 1) to data (t = 0) for packed rows."""
 
@@ -134,43 +144,60 @@ class Sampler:
     self.flow_cfg = flow_cfg
     self.num_segments = num_segments
     self.batch_guidance = batch_guidance
-    self._step = jax.jit(self._step_impl, static_argnames=("method", "guided"))
+    self._step = jax.jit(self._step_impl, static_argnames=("method", "guided", "frames_guided"))
 
-  def _velocity(self, params, x, t, rows, cfg_scale, guided):
+  def _run(self, net, rows, passes):
+    """Velocities of several (x, t, text_ids, text_segment_ids, text_frames) passes over
+    the same rows: one batched call (`batch_guidance`), or one call each."""
+    coords, seg = rows["coords"], rows["segment_ids"]
+    if not self.batch_guidance or len(passes) == 1:
+      return [
+        flow.velocity(net(x, coords, seg, t, ids, tseg, tf), x, t, self.flow_cfg)
+        for x, t, ids, tseg, tf in passes
+      ]
+    n = len(passes)
+    cat = lambda i: None if passes[0][i] is None else jnp.concatenate([p[i] for p in passes])
+    x, t = cat(0), cat(1)
+    rep = lambda a: jnp.concatenate([a] * n)
+    out = net(x, rep(coords), rep(seg), t, cat(2), cat(3), cat(4))
+    return jnp.split(flow.velocity(out, x, t, self.flow_cfg), n, axis=0)
+
+  def _velocity(self, params, x, t, t_free, rows, cfg_scale, frames_scale, guided, frames_guided):
+    """The guided velocity. Text guidance: v_u + g (v_c - v_u), the unconditional pass with
+    empty captions. With guidance over given frames too (`frames_guided`), a third pass
+    has neither: the given tokens join as free ones, their given values noised to the
+    example's level `t_free` like everything else, and
+    v = v_none + g_frames (v_frames - v_none) + g_text (v_text_and_frames - v_frames)."""
     net = self.model.merge(params)
-    if not guided:
-      out = net(
-        x, rows["coords"], rows["segment_ids"], t, rows["text_ids"], rows["text_segment_ids"]
-      )
-      return flow.velocity(out, x, t, self.flow_cfg)
-    if not self.batch_guidance:
-      coords, seg = rows["coords"], rows["segment_ids"]
-      cond = net(x, coords, seg, t, rows["text_ids"], rows["text_segment_ids"])
-      uncond = net(x, coords, seg, t, rows["uncond_text_ids"], rows["uncond_text_segment_ids"])
-      v_cond = flow.velocity(cond, x, t, self.flow_cfg)
-      v_uncond = flow.velocity(uncond, x, t, self.flow_cfg)
-      return v_uncond + cfg_scale * (v_cond - v_uncond)
-    both = lambda a, b: jnp.concatenate([a, b], axis=0)
-    out = net(
-      both(x, x),
-      both(rows["coords"], rows["coords"]),
-      both(rows["segment_ids"], rows["segment_ids"]),
-      both(t, t),
-      both(rows["text_ids"], rows["uncond_text_ids"]),
-      both(rows["text_segment_ids"], rows["uncond_text_segment_ids"]),
-    )
-    v_cond, v_uncond = jnp.split(
-      flow.velocity(out, both(x, x), both(t, t), self.flow_cfg), 2, axis=0
-    )
-    return v_uncond + cfg_scale * (v_cond - v_uncond)
+    passes = [(x, t, rows["text_ids"], rows["text_segment_ids"], rows.get("text_frames"))]
+    uncond = (rows.get("uncond_text_ids"), rows.get("uncond_text_segment_ids"))
+    uncond += (rows.get("uncond_text_frames"),)
+    if guided or frames_guided:
+      passes.append((x, t, *uncond))
+    if frames_guided:
+      given = rows["keep"] > 0
+      noised = flow.noised(rows["given"], rows["noise"], t_free, rows["segment_ids"])
+      passes.append((jnp.where(given[..., None], noised, x), jnp.where(given, t_free, t), *uncond))
+    vs = self._run(net, rows, passes)
+    if len(vs) == 1:
+      return vs[0]
+    g_text = cfg_scale if guided else 1.0
+    if len(vs) == 2:
+      return vs[1] + g_text * (vs[0] - vs[1])
+    v_all, v_frames, v_none = vs
+    return v_none + frames_scale * (v_frames - v_none) + g_text * (v_all - v_frames)
 
-  def _times(self, rows, t):
-    """Each token's noise level `[R, L]` at schedule time t (shifted per example, keep applied)."""
+  def _schedule(self, rows, t):
+    """Each example's noise level at schedule time t, on its tokens `[R, L]` (shifted)."""
     seg = rows["segment_ids"]
     shift = flow.per_token(
       flow.shift_for(flow.segment_counts(seg, self.num_segments), self.flow_cfg), seg
     )
-    return conditioning.token_times(flow.shifted(jnp.full(seg.shape, t), shift), rows["keep"])
+    return flow.shifted(jnp.full(seg.shape, t), shift)
+
+  def _times(self, rows, t):
+    """Each token's noise level `[R, L]` at schedule time t (shifted per example, keep applied)."""
+    return conditioning.token_times(self._schedule(rows, t), rows["keep"])
 
   def _start(self, noise, rows):
     """The tokens at t = 1: noise, and given values noised to their joining level."""
@@ -181,16 +208,19 @@ class Sampler:
     """Kept tokens replaced by their given values (exact, whatever the arithmetic did)."""
     return jnp.where((rows["keep"] >= 1.0)[..., None], rows["given"], x)
 
-  def _step_impl(self, params, x, rows, t_cur, t_next, cfg_scale, *, method, guided):
+  def _step_impl(
+    self, params, x, rows, t_cur, t_next, cfg_scale, frames_scale, *, method, guided, frames_guided
+  ):
     seg = rows["segment_ids"]
-    tc = self._times(rows, t_cur)
-    tn = self._times(rows, t_next)
+    tc, tn = self._times(rows, t_cur), self._times(rows, t_next)
+    fc, fn = self._schedule(rows, t_cur), self._schedule(rows, t_next)
     real = (seg > 0)[..., None]
     dt = (tn - tc)[..., None]
-    v = self._velocity(params, x, tc, rows, cfg_scale, guided)
+    kw = dict(guided=guided, frames_guided=frames_guided)
+    v = self._velocity(params, x, tc, fc, rows, cfg_scale, frames_scale, **kw)
     x_euler = x + dt * v
     if method == "heun":
-      v2 = self._velocity(params, x_euler, tn, rows, cfg_scale, guided)
+      v2 = self._velocity(params, x_euler, tn, fn, rows, cfg_scale, frames_scale, **kw)
       x_heun = x + dt * 0.5 * (v + v2)
       x_euler = jnp.where(t_next > 0, x_heun, x_euler)  # The last step is Euler.
     return jnp.where(real, x_euler, 0.0)
@@ -203,6 +233,7 @@ class Sampler:
     cfg_scale: float,
     method: str = "heun",
     guidance_interval: tuple[float, float] = (0.0, 1.0),
+    frames_scale: float = 1.0,
     progress: bool = True,
     put: Callable[[dict], dict] | None = None,
   ) -> np.ndarray:
@@ -211,6 +242,8 @@ class Sampler:
     Guidance applies only to steps starting at a time t in `guidance_interval`
     (Kynkaanniemi et al. 2024): at the highest noise levels it pushes every
     position towards the prompt's average look instead of one coherent layout.
+    `frames_scale` != 1 also guides over the given frames, at every step, in the same
+    batched call (see `_velocity`); rows with no given frames skip it.
     """
     lo, hi = guidance_interval
     if not 0.0 <= lo <= hi <= 1.0:
@@ -223,10 +256,17 @@ class Sampler:
     rows = dict(rows)  # Rows without context (e.g. training batches): every token free.
     rows.setdefault("keep", np.zeros(rows["segment_ids"].shape, np.float32))
     rows.setdefault("given", np.zeros(rows["tokens"].shape, np.float32))
+    frames_guided = frames_scale != 1.0 and bool(np.any(rows["keep"] > 0))
     device_rows = {k: rows[k] for k in ROW_KEYS if k != "tokens"}
-    if guided:
+    if "text_frames" in rows:  # Caption windows (storyboards).
+      device_rows["text_frames"] = rows["text_frames"]
+    if guided or frames_guided:
       uids, useg = unconditional_text(rows["segment_ids"], rows["text_ids"].shape[1])
       device_rows.update(uncond_text_ids=uids, uncond_text_segment_ids=useg)
+      if "text_frames" in rows:
+        device_rows["uncond_text_frames"] = all_frames(rows["text_frames"].shape)
+    if frames_guided:
+      device_rows["noise"] = rows["tokens"]
     device_rows["tokens"] = rows["tokens"]
     device_rows = put(device_rows) if put else jax.tree.map(jnp.asarray, device_rows)
     x = jax.jit(self._start)(device_rows.pop("tokens"), device_rows)
@@ -240,8 +280,10 @@ class Sampler:
         jnp.float32(grid[i]),
         jnp.float32(grid[i + 1]),
         jnp.float32(cfg_scale),
+        jnp.float32(frames_scale),
         method=method,
         guided=guided and lo <= grid[i] <= hi,
+        frames_guided=frames_guided,
       )
       if bar is not None:
         bar.update()
