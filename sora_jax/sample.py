@@ -22,6 +22,9 @@ Editing (one model, one sampler; see sora_jax/sampling/plans.py):
   --video=PATH [--keep=K | --keep_curve=0:1,1:0]
                                         remix: the clip as a starting point under the new
                                         prompt (keep 1 = unchanged, 0 = ignored)
+  --blend=A,B [--curve=0:0,0.4:0,0.6:1,1:1] [--blend_strength=S]
+                                        follow clip A, then B, as the curve says (0 = A,
+                                        1 = B); frames near 0.5 are generated to connect them
 
 Given media are resized to --width x --height; --video_frames and --video_stride
 choose the clip's frames (the last ones when extending forward).
@@ -75,6 +78,13 @@ def define_flags() -> None:
   flags.DEFINE_bool("loop", False, "The output ends where it starts.")
   flags.DEFINE_float("keep", 0.5, "Remix: how much of --video to keep (0..1).")
   flags.DEFINE_string("keep_curve", None, "Remix: keep over output time, e.g. 0:1,0.5:0.3,1:0.")
+  flags.DEFINE_list("blend", None, "A,B: two clips blended along --curve.")
+  flags.DEFINE_string(
+    "curve", "0:0,0.4:0,0.6:1,1:1", "Blend: how much of B (vs A) each frame follows, over time."
+  )
+  flags.DEFINE_float(
+    "blend_strength", 1.0, "Blend: the keep of the clips where the curve is 0 or 1."
+  )
   flags.DEFINE_integer("video_frames", 0, "Frames of --video to use (0: all).")
   flags.DEFINE_integer("video_stride", 1, "Take every k-th frame of --video.")
   flags.DEFINE_string(
@@ -130,8 +140,8 @@ def read_requests(
 
 def plan_requests(requests: list[sampler.Request], geom) -> tuple[list[sampler.Request], list[str]]:
   """The editing mode the flags ask for, applied to every request; (requests, notes)."""
-  if FLAGS.image and FLAGS.video:
-    raise sampler.RequestError("pass one of --image and --video")
+  if sum(map(bool, (FLAGS.image, FLAGS.video, FLAGS.blend))) > 1:
+    raise sampler.RequestError("pass one of --image, --video and --blend")
   if FLAGS.extend and not FLAGS.video:
     raise sampler.RequestError("--extend needs --video=PATH")
   remix_flags = FLAGS["keep"].present or FLAGS.keep_curve
@@ -146,6 +156,18 @@ def plan_requests(requests: list[sampler.Request], geom) -> tuple[list[sampler.R
     image = plans.read_image(path)
     for r in requests:
       ctx = plans.animate(image, 0 if frame is None else frame, FLAGS.loop, r.num_frames)
+      out.append(dataclasses.replace(r, context=ctx))
+    return out, notes
+  if FLAGS.blend:
+    if len(FLAGS.blend) != 2:
+      raise sampler.RequestError(f"--blend={','.join(FLAGS.blend)}: give two clips, A,B")
+    if FLAGS.loop:
+      raise sampler.RequestError("--loop goes with --image, --video --extend, or no media")
+    a, b = (plans.read_video(p, f"--blend {n}") for p, n in zip(FLAGS.blend, "AB", strict=True))
+    a, b = a[:: FLAGS.video_stride], b[:: FLAGS.video_stride]
+    curve = plans.parse_curve(FLAGS.curve, "--curve")
+    for r in requests:
+      ctx = plans.blend(a, b, r.num_frames, curve, FLAGS.blend_strength)
       out.append(dataclasses.replace(r, context=ctx))
     return out, notes
   if not FLAGS.video:

@@ -296,3 +296,22 @@ def test_guidance_over_given_frames_batched_equals_one_pass_at_a_time(tiny_run):
   free = rows["keep"] < 1
   assert np.abs(out[True, 3.0] - out[True, 1.0])[free].max() > 1e-3  # It changes the result.
   np.testing.assert_array_equal(out[True, 3.0][~free], rows["given"][~free])
+
+
+def test_a_blend_gives_a_then_b_and_frees_the_crossing():
+  geom = sizing.Geometry(patch=(1, 4, 4))
+  a = np.full((6, 8, 8, 3), 200, np.uint8)
+  b = np.full((6, 8, 8, 3), 20, np.uint8)
+  curve = plans.parse_curve("0:0,0.4:0,0.6:1,1:1")
+  req = sampling.Request("x", 6, 8, 8, context=plans.blend(a, b, 6, curve, strength=0.8))
+  canvas, _, _, _ = plans.given_frames(req, geom)
+  keep = plans.frame_keep(req, geom)
+  # Output times 0, .2, .4, .6, .8, 1 -> w = 0, 0, 0, 1, 1, 1.
+  np.testing.assert_allclose(keep, [0.8, 0.8, 0.8, 0.8, 0.8, 0.8])
+  np.testing.assert_array_equal(canvas[:3], a[:3])
+  np.testing.assert_array_equal(canvas[3:], b[3:])
+  smooth = plans.parse_curve("0:0,1:1")  # w = 0, .2, .4, .6, .8, 1: free in the middle.
+  req = sampling.Request("x", 6, 8, 8, context=plans.blend(a, b, 6, smooth))
+  np.testing.assert_allclose(plans.frame_keep(req, geom), [1, 0.6, 0.2, 0.2, 0.6, 1], atol=1e-6)
+  with pytest.raises(plans.RequestError, match="--blend B: the clip has 5 frames"):
+    plans.blend(a, b[:5], 6, smooth)

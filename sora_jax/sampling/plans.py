@@ -45,6 +45,7 @@ class Given:
   start: int = 0
   keep: float = 1.0  # Used where `curve` is None.
   curve: tuple[tuple[float, float], ...] | None = None  # (output time in [0, 1], keep) points.
+  values: np.ndarray | None = None  # Keep per output frame `[T]` (blends); overrides both.
   image: bool = False
   name: str = "--video"  # The flag it came from, for error messages.
 
@@ -168,10 +169,18 @@ def given_frames(req, geom: sizing.Geometry):
           f"frames 0..{t - 1}"
         )
       span = range(g.start, g.start + len(frames))
-    keep = curve_values(g.curve, t)[span.start : span.stop] if g.curve else g.keep
-    canvas[span.start : span.stop] = frames
-    covered[span.start : span.stop] = True
-    pixel_keep[span.start : span.stop] = np.maximum(pixel_keep[span.start : span.stop], keep)
+    if g.values is not None:
+      keep = np.asarray(g.values, np.float32)[span.start : span.stop]
+    elif g.curve:
+      keep = curve_values(g.curve, t)[span.start : span.stop]
+    else:
+      keep = np.full((len(span),), g.keep, np.float32)
+    # Where givens overlap, each frame shows the one with the larger keep (the first on ties).
+    sl = slice(span.start, span.stop)
+    wins = ~covered[sl] | (keep > pixel_keep[sl])
+    canvas[sl][wins] = frames[wins]
+    covered[sl] = True
+    pixel_keep[sl] = np.maximum(pixel_keep[sl], keep)
   return canvas, covered, pixel_keep, images
 
 
@@ -267,6 +276,32 @@ def extend(
   if loop:
     context.append(Given(clip[-1:], start=0, image=True, name="--video (--loop)"))
   return tuple(context), total, note
+
+
+def blend(
+  a: np.ndarray,
+  b: np.ndarray,
+  num_frames: int,
+  curve: tuple[tuple[float, float], ...],
+  strength: float = 1.0,
+) -> tuple[Given, ...]:
+  """Two clips on one timeline: `curve` (output time -> w in [0, 1]) says how much each frame
+  follows B rather than A. A frame is given A's frame at keep strength * (1 - 2w) where
+  w < 1/2 and B's at strength * (2w - 1) where w > 1/2, so the frames near w = 1/2 are
+  free: the model connects the two under the prompt."""
+  check_keep(strength, "--blend_strength")
+  for clip, name in ((a, "--blend A"), (b, "--blend B")):
+    if len(clip) < num_frames:
+      raise RequestError(
+        f"{name}: the clip has {len(clip)} frames; --num_frames={num_frames} asks for more"
+      )
+  w = curve_values(curve, num_frames)
+  keep_a = strength * np.clip(1.0 - 2.0 * w, 0.0, 1.0)
+  keep_b = strength * np.clip(2.0 * w - 1.0, 0.0, 1.0)
+  return (
+    Given(a[:num_frames], start=0, values=keep_a, name="--blend A"),
+    Given(b[:num_frames], start=0, values=keep_b, name="--blend B"),
+  )
 
 
 def remix(
