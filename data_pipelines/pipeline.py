@@ -267,22 +267,29 @@ def pack(
   seed: int,
   shuffle_bins: bool = True,
   extra_token_keys: tuple[str, ...] = (),
+  extra_text_keys: tuple[str, ...] = (),
 ):
   """First-fit packs example dicts into rows (see the module docstring for keys).
 
   `extra_token_keys` name further per-token features (leading dim = the
-  example's token count) to pack alongside the tokens and keep in the rows.
+  example's token count) to pack alongside the tokens and keep in the rows;
+  `extra_text_keys` the same per caption token (e.g. `text_frames`, caption windows).
   """
   token_keys = ("tokens", "coords", *extra_token_keys)
+  text_keys = ("text_ids", *extra_text_keys)
   packed = grain.experimental.FirstFitPackIterDataset(
     ds,
-    length_struct={**{k: opts.seq_len for k in token_keys}, "text_ids": opts.text_len},
+    length_struct={
+      **{k: opts.seq_len for k in token_keys},
+      **{k: opts.text_len for k in text_keys},
+    },
     num_packing_bins=opts.num_packing_bins,
     seed=seed,
     shuffle_bins=shuffle_bins,
     max_sequences_per_bin=opts.max_examples_per_row,
   )
-  return packed.map(functools.partial(_clean_packed_row, keys=token_keys))
+  keys = token_keys + tuple(extra_text_keys)
+  return packed.map(functools.partial(_clean_packed_row, keys=keys))
 
 
 def _clean_packed_row(row: dict[str, np.ndarray], keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -26,6 +26,15 @@ Editing (one model, one sampler; see sora_jax/sampling/plans.py):
                                         follow clip A, then B, as the curve says (0 = A,
                                         1 = B); frames near 0.5 are generated to connect them
 
+  --storyboard=FILE.json                prompts on time windows, images and clips placed on
+                                        the timeline:
+      {"width": 64, "height": 64, "num_frames": 16, "fps": 8, "seed": 0, "loop": false,
+       "prompts": [{"text": "...", "start": 0, "end": 8}, {"text": "...", "start": 8, "end": 16}],
+       "media": [{"path": "first.png", "start": 0, "keep": 1.0}]}
+    Frames count output frames, windows are [start, end) and may not overlap; a frame in
+    no window sees the first prompt. Media paths are relative to the file; an image is
+    held over its patch, a clip ("stride": k takes every k-th frame) runs from its start.
+
 Given media are resized to --width x --height; --video_frames and --video_stride
 choose the clip's frames (the last ones when extending forward).
 """
@@ -78,6 +87,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("loop", False, "The output ends where it starts.")
   flags.DEFINE_float("keep", 0.5, "Remix: how much of --video to keep (0..1).")
   flags.DEFINE_string("keep_curve", None, "Remix: keep over output time, e.g. 0:1,0.5:0.3,1:0.")
+  flags.DEFINE_string("storyboard", None, "A storyboard JSON file (see the module docstring).")
   flags.DEFINE_list("blend", None, "A,B: two clips blended along --curve.")
   flags.DEFINE_string(
     "curve", "0:0,0.4:0,0.6:1,1:1", "Blend: how much of B (vs A) each frame follows, over time."
@@ -216,6 +226,25 @@ def write_outputs(
   return paths + [sheet_path]
 
 
+def storyboard_requests(geom) -> tuple[list[sampler.Request], float | None]:
+  """--storyboard's requests (--num_variants seeds from its own) and its fps."""
+  if FLAGS.prompt or FLAGS.prompts_file or FLAGS.image or FLAGS.video or FLAGS.blend:
+    raise sampler.RequestError("--storyboard holds its prompts and media; pass no other")
+  if FLAGS.num_variants < 1:
+    raise sampler.RequestError(f"--num_variants={FLAGS.num_variants}: must be at least 1")
+  sb = plans.read_storyboard(FLAGS.storyboard, geom)
+  req = sampler.Request(
+    sb.prompts[0][0],
+    sb.num_frames,
+    sb.height,
+    sb.width,
+    context=sb.context,
+    loop=sb.loop,
+    prompts=sb.prompts,
+  )
+  return [dataclasses.replace(req, seed=sb.seed + k) for k in range(FLAGS.num_variants)], sb.fps
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -224,19 +253,25 @@ def main(argv: Sequence[str]) -> None:
   cli.quiet()
   distributed.initialize_from_flags()
   cli.log_to_file(os.path.join(FLAGS.output, "logs"), "sample")
+  fps = None
   try:
-    requests = read_requests(
-      FLAGS.prompt,
-      FLAGS.prompts_file,
-      (FLAGS.num_frames, FLAGS.height, FLAGS.width),
-      FLAGS.seed,
-      FLAGS.num_variants,
-    )
+    if not FLAGS.storyboard:
+      requests = read_requests(
+        FLAGS.prompt,
+        FLAGS.prompts_file,
+        (FLAGS.num_frames, FLAGS.height, FLAGS.width),
+        FLAGS.seed,
+        FLAGS.num_variants,
+      )
     presets = [adapters.parse_spec(p) for p in FLAGS.preset]
     run = run_lib.load(
       FLAGS.workdir or FLAGS.model, FLAGS.step, autoencoder=FLAGS.autoencoder, presets=presets
     )
-    requests, notes = plan_requests(requests, run.geom)
+    if FLAGS.storyboard:
+      requests, fps = storyboard_requests(run.geom)
+      notes = []
+    else:
+      requests, notes = plan_requests(requests, run.geom)
     for note in notes:
       cli.say(f"note: {note}")
     videos = run_lib.generate(
@@ -255,7 +290,7 @@ def main(argv: Sequence[str]) -> None:
   ) as e:
     sys.exit(f"error: {e}")
   paths = write_outputs(
-    FLAGS.output, requests, videos, FLAGS.fps or run.cfg.sample.fps, FLAGS.num_variants
+    FLAGS.output, requests, videos, FLAGS.fps or fps or run.cfg.sample.fps, FLAGS.num_variants
   )
   print(
     f"{len(requests)} sample(s) from step {run.step} written to {os.path.abspath(FLAGS.output)}:"

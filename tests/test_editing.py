@@ -1,6 +1,8 @@
 """Editing: keep values in training and sampling (one mechanism), plans for each mode, the
 pixel<->latent frame map, bad requests, and a tiny model that learns to use given frames."""
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -315,3 +317,53 @@ def test_a_blend_gives_a_then_b_and_frees_the_crossing():
   np.testing.assert_allclose(plans.frame_keep(req, geom), [1, 0.6, 0.2, 0.2, 0.6, 1], atol=1e-6)
   with pytest.raises(plans.RequestError, match="--blend B: the clip has 5 frames"):
     plans.blend(a, b[:5], 6, smooth)
+
+
+def test_caption_windows_map_to_token_frames_and_uncovered_frames_see_the_first():
+  pixels = sizing.Geometry(patch=(4, 8, 8))  # token frames of 4 frames
+  req = sampling.Request("a", 16, 8, 8, prompts=(("a", 4, 8), ("b", 8, 12)))
+  assert plans.caption_windows(req, pixels) == [("a", 0, 2), ("b", 2, 3), ("a", 3, 4)]
+  # A window that does not start a token frame covers the token frames starting inside it.
+  req = sampling.Request("a", 16, 8, 8, prompts=(("a", 0, 6), ("b", 6, 16)))
+  assert plans.caption_windows(req, pixels) == [("a", 0, 2), ("b", 2, 4)]
+  one = sampling.Request("a", 16, 8, 8, prompts=(("a", 4, 8),))
+  assert plans.caption_windows(one, pixels) is None  # One prompt sees every frame.
+
+
+def test_storyboards_pack_windows_and_one_window_equals_the_plain_prompt(tiny_run, tmp_path):
+  run = run_lib.load(tiny_run)
+  plain = sampling.Request("a red square", 4, 8, 8, seed=4)
+  one = dataclasses.replace(plain, prompts=(("a red square", 0, 2),))
+  two = dataclasses.replace(plain, prompts=(("a red square", 0, 2), ("a blue square", 2, 4)))
+  rows = sampling.pack_requests([two, plain], run.geom, run.tokenizer, run.opts, run.stage)
+  tf, tseg = rows["text_frames"], rows["text_segment_ids"]
+  seg_two = rows["segment_ids"][rows["request"] == 1][0]
+  windows = {tuple(w) for w in tf[tseg == seg_two]}
+  assert windows == {(0, 2), (2, 4)}
+  assert {tuple(w) for w in tf[(tseg > 0) & (tseg != seg_two)]} == {(0, sampling.ALL_FRAMES)}
+  a, b, c = run_lib.generate(run, [plain, one, two], steps=2, progress=False)
+  np.testing.assert_array_equal(a, b)
+  assert c.shape == a.shape
+  # Bad storyboards: one line naming the field.
+  image = tmp_path / "still.png"
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+  good = {"width": 8, "height": 8, "num_frames": 4, "prompts": [{"text": "a", "start": 0}]}
+  cases = [
+    ({**good, "prompts": []}, "'prompts' must be a non-empty list"),
+    ({**good, "prompts": [{"text": "a", "start": 2, "end": 9}]}, r"prompts\[0\]: window \[2, 9\)"),
+    ({**good, "prompts": [{"start": 0}]}, r"prompts\[0\]: missing 'text'"),
+    ({**good, "media": [{"path": "none.png"}]}, r"media\[0\].path=.*no such file"),
+    ({**good, "media": [{"path": "still.png", "keep": 2}]}, r"media\[0\].keep=2.0"),
+    ({**good, "media": [{"path": "still.png", "start": 4}]}, r"media\[0\].start=4"),
+    ({**good, "width": 9}, "multiples of"),
+    ({**good, "colour": 1}, "unknown field 'colour'"),
+    ({**good, "loop": True, "media": [{"path": "still.png", "start": 1}]}, "needs one at frame 0"),
+  ]
+  for i, (board, match) in enumerate(cases):
+    path = tmp_path / f"board{i}.json"
+    path.write_text(json.dumps(board))
+    with pytest.raises(plans.RequestError, match=match):
+      plans.read_storyboard(str(path), run.geom)
+  (tmp_path / "broken.json").write_text("{")
+  with pytest.raises(plans.RequestError, match="not JSON"):
+    plans.read_storyboard(str(tmp_path / "broken.json"), run.geom)

@@ -25,6 +25,7 @@ frames on the output's own temporal grid.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -314,3 +315,147 @@ def remix(
       f"--video: the clip has {len(clip)} frames; --num_frames={num_frames} asks for more"
     )
   return (Given(clip[:num_frames], start=0, keep=keep, curve=curve, name="--video"),)
+
+
+# ------------------------------------------------------------------------------
+# Caption windows and storyboards.
+# ------------------------------------------------------------------------------
+
+
+def check_windows(prompts, num_frames: int, name: str = "prompts") -> None:
+  """Windows `(text, start, end)` in output frames: inside the output, start < end, disjoint."""
+  for i, (text, start, end) in enumerate(prompts):
+    if not text.strip():
+      raise RequestError(f"{name}[{i}]: empty text")
+    if not 0 <= start < end <= num_frames:
+      raise RequestError(
+        f"{name}[{i}]: window [{start}, {end}) must satisfy 0 <= start < end <= num_frames "
+        f"({num_frames})"
+      )
+  spans = sorted((s, e, i) for i, (_, s, e) in enumerate(prompts))
+  for (s0, e0, i0), (s1, _, i1) in zip(spans, spans[1:], strict=False):
+    if s1 < e0:
+      raise RequestError(
+        f"{name}[{i0}] [{s0}, {e0}) and {name}[{i1}] (from {s1}) overlap; give each frame "
+        "at most one prompt"
+      )
+
+
+def caption_windows(req, geom: sizing.Geometry) -> list[tuple[str, int, int]] | None:
+  """The captions of `req` with their token-frame windows `[start, end)`, or None when one
+  caption sees every frame (a plain request).
+
+  Token frame j is in a window [s, e) when its first pixel frame is; frames in no
+  window see the first prompt (its text repeated for each uncovered run).
+  """
+  if len(req.prompts) <= 1:
+    return None
+  t = req.num_frames
+  n = token_frame(geom, t - 1) + 1
+  owner = [-1] * n
+  for i, (_, start, end) in enumerate(req.prompts):
+    for j in range(n):
+      if start <= token_frame_span(geom, j, t).start < end:
+        owner[j] = i
+  owner = [0 if o < 0 else o for o in owner]
+  out, j = [], 0
+  while j < n:
+    k = j
+    while k < n and owner[k] == owner[j]:
+      k += 1
+    out.append((req.prompts[owner[j]][0], j, k))
+    j = k
+  return out if len({o for o in owner}) > 1 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Storyboard:
+  width: int
+  height: int
+  num_frames: int
+  prompts: tuple[tuple[str, int, int], ...]
+  context: tuple[Given, ...]
+  seed: int = 0
+  fps: float | None = None
+  loop: bool = False
+
+
+def _field(d: dict, key: str, kind, where: str, default=None):
+  if key not in d:
+    if default is None:
+      raise RequestError(f"{where}: missing {key!r}")
+    return default
+  try:
+    value = kind(d[key])
+  except (TypeError, ValueError):
+    raise RequestError(f"{where}.{key}={d[key]!r}: expected {kind.__name__}") from None
+  return value
+
+
+def read_storyboard(path: str, geom: sizing.Geometry) -> Storyboard:
+  """A storyboard file (see sora_jax/sample.py); every error is one line naming the field."""
+  name = f"--storyboard={path}"
+  if not os.path.isfile(path):
+    raise RequestError(f"{name}: no such file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise RequestError(f"{name}: not JSON ({e})") from None
+  if not isinstance(d, dict):
+    raise RequestError(f"{name}: expected a JSON object")
+  unknown = sorted(
+    set(d) - {"width", "height", "num_frames", "fps", "seed", "prompts", "media", "loop"}
+  )
+  if unknown:
+    raise RequestError(f"{name}: unknown field {unknown[0]!r}")
+  t = _field(d, "num_frames", int, "storyboard")
+  h, w = _field(d, "height", int, "storyboard"), _field(d, "width", int, "storyboard")
+  error = geom.size_error(t, h, w)
+  if error:
+    raise RequestError(f"{name}: {error}")
+  prompts = []
+  raw = d.get("prompts")
+  if not isinstance(raw, list) or not raw:
+    raise RequestError(f"{name}: 'prompts' must be a non-empty list of {{text, start, end}}")
+  for i, p in enumerate(raw):
+    where = f"prompts[{i}]"
+    if not isinstance(p, dict):
+      raise RequestError(f"{name}: {where} must be an object {{text, start, end}}")
+    text = _field(p, "text", str, where)
+    prompts.append((text, _field(p, "start", int, where, 0), _field(p, "end", int, where, t)))
+  check_windows(prompts, t)
+  context = []
+  base = os.path.dirname(os.path.abspath(path))
+  for i, m in enumerate(d.get("media", [])):
+    where = f"media[{i}]"
+    if not isinstance(m, dict):
+      raise RequestError(f"{name}: {where} must be an object {{path, start, keep}}")
+    mpath = _field(m, "path", str, where)
+    mpath = mpath if os.path.isabs(mpath) else os.path.join(base, mpath)
+    start = _field(m, "start", int, where, 0)
+    keep = _field(m, "keep", float, where, 1.0)
+    check_keep(keep, f"{where}.keep")
+    if not 0 <= start < t:
+      raise RequestError(f"{where}.start={start}: outside the output's frames 0..{t - 1}")
+    frames = read_video(mpath, f"{where}.path")
+    image = len(frames) == 1
+    if not image:
+      frames = frames[:: _field(m, "stride", int, where, 1)][: t - start]
+    context.append(Given(frames, start=start, keep=keep, image=image, name=where))
+  loop = bool(d.get("loop", False))
+  if loop and context:
+    first = [g for g in context if g.start == 0]
+    if not first:
+      raise RequestError(f"{name}: 'loop' with media needs one at frame 0 (or no media)")
+    context.append(Given(first[0].frames[:1], start=t - 1, image=True, name="loop"))
+  return Storyboard(
+    width=w,
+    height=h,
+    num_frames=t,
+    prompts=tuple(prompts),
+    context=tuple(context),
+    seed=_field(d, "seed", int, "storyboard", 0),
+    fps=float(d["fps"]) if "fps" in d else None,
+    loop=loop and not context,
+  )

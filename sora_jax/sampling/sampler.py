@@ -50,6 +50,9 @@ class Request:
   # Without context: the output ends where it starts (a second pass holds the first
   # frame of the first at both ends).
   loop: bool = False
+  # Storyboards: (text, start, end) captions restricted to output-frame windows; frames in
+  # no window see the first. Empty: `prompt` sees every frame.
+  prompts: tuple[tuple[str, int, int], ...] = ()
 
 
 RequestError = plans.RequestError  # A request the model cannot serve; names the field.
@@ -59,6 +62,8 @@ def check_request(req: Request, geom: sizing.Geometry, opts: pipeline.Options) -
   error = geom.size_error(req.num_frames, req.height, req.width)
   if error:
     raise RequestError(error)
+  if req.prompts:
+    plans.check_windows(req.prompts, req.num_frames)
   n = geom.num_tokens(req.num_frames, req.height, req.width)
   if n > opts.seq_len:
     raise RequestError(
@@ -85,6 +90,14 @@ def pack_requests(
     if req.context and stage is None:
       raise RequestError("a request with given frames needs the latent stage to encode them")
     keep, given = plans.token_context(req, geom, stage)
+    windows = plans.caption_windows(req, geom) or [(req.prompt, 0, ALL_FRAMES)]
+    ids = [np.asarray(tokenizer.ids(text, opts.max_text_len), np.int32) for text, _, _ in windows]
+    frames = [np.tile([[s, e]], (len(x), 1)).astype(np.int32) for x, (_, s, e) in zip(ids, windows)]
+    if sum(map(len, ids)) > opts.text_len:
+      raise RequestError(
+        f"the storyboard's prompts take {sum(map(len, ids))} caption tokens; a row holds "
+        f"{opts.text_len}"
+      )
     examples.append(
       {
         "tokens": noise,
@@ -92,13 +105,23 @@ def pack_requests(
         "request": np.full((n,), i + 1, np.int32),
         "keep": keep,
         "given": given,
-        "text_ids": np.asarray(tokenizer.ids(req.prompt, opts.max_text_len), np.int32),
+        "text_ids": np.concatenate(ids),
+        "text_frames": np.concatenate(frames),
       }
     )
+  windowed = any(len(e["text_ids"]) and e["text_frames"][:, 1].min() < ALL_FRAMES for e in examples)
+  if not windowed:
+    for e in examples:
+      del e["text_frames"]
   ds = grain.MapDataset.source(examples).to_iter_dataset()
   rows = list(
     pipeline.pack(
-      ds, opts, seed=0, shuffle_bins=False, extra_token_keys=("request", "keep", "given")
+      ds,
+      opts,
+      seed=0,
+      shuffle_bins=False,
+      extra_token_keys=("request", "keep", "given"),
+      extra_text_keys=("text_frames",) if windowed else (),
     )
   )
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
