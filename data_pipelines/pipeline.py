@@ -62,6 +62,9 @@ class Options:
   token_drop_rate: float = 0.0  # > 0: drop up to this fraction of each example's tokens.
   max_text_len: int = 32  # Caption tokens per example, eos included.
   caption_dropout: float = 0.1  # Probability of an empty caption (classifier-free guidance).
+  # Use examples' time-stamped captions (schema caption_windows): each caption token then
+  # carries the token-frame window it is seen from (`text_frames` in the batch).
+  caption_windows: bool = False
   num_packing_bins: int = 16  # Rows packed at once by first fit; more = less padding.
   num_workers: int = 0  # Grain worker processes (0: decode in this process).
   worker_buffer_size: int = 2
@@ -221,6 +224,33 @@ class Tokenize:
     caption = ex.captions[int(rng.integers(len(ex.captions)))]
     return "" if rng.random() < self.opts.caption_dropout else caption
 
+  def text(
+    self, ex: schema.Example, rng: np.random.Generator, start: int, stride: int, frames: int
+  ) -> dict[str, np.ndarray]:
+    """`text_ids` of the example's caption and, with `caption_windows`, `text_frames`: each
+    caption token's token-frame window (a time-stamped caption's windows, mapped from the
+    source clip's frames to the `frames` taken from `start` every `stride`)."""
+    caption = self.caption(ex, rng)
+    if not self.opts.caption_windows:
+      return {"text_ids": np.asarray(self.tokenizer.ids(caption, self.opts.max_text_len), np.int32)}
+    windows = [(caption, 0, frames)]
+    if caption and ex.caption_windows and ex.media_format != schema.LATENT_FORMAT:
+      chosen = ex.caption_windows[int(rng.integers(len(ex.caption_windows)))]
+      first = lambda f: min(max(-(-(f - start) // stride), 0), frames)  # First frame >= f.
+      mapped = [(text, first(a), first(b)) for text, a, b in chosen]
+      windows = [w for w in mapped if w[1] < w[2]] or windows
+    ids, spans = [], []
+    runs = self.geom.token_windows([(a, b) for _, a, b in windows], frames)
+    whole = len(runs) == 1
+    for i, j0, j1 in runs:
+      x = self.tokenizer.ids(windows[i][0], self.opts.max_text_len)
+      ids.extend(x)
+      spans.extend([(0, sizing.ALL_FRAMES) if whole else (j0, j1)] * len(x))
+    return {
+      "text_ids": np.asarray(ids, np.int32),
+      "text_frames": np.asarray(spans, np.int32).reshape(-1, 2),
+    }
+
   def __call__(self, record: Any, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
     try:
       ex = self.decode_record(record)
@@ -252,8 +282,8 @@ class Tokenize:
       rate = rng.uniform(0.0, self.opts.token_drop_rate)
       keep = np.sort(rng.permutation(len(tokens))[: max(1, round(len(tokens) * (1 - rate)))])
       tokens, coords = tokens[keep], coords[keep]
-    text = np.asarray(self.tokenizer.ids(self.caption(ex, rng), self.opts.max_text_len), np.int32)
-    return {"tokens": tokens.astype(np.float32), "coords": coords, "text_ids": text}
+    text = self.text(ex, rng, start, stride, frames)
+    return {"tokens": tokens.astype(np.float32), "coords": coords, **text}
 
 
 # ------------------------------------------------------------------------------
@@ -339,7 +369,10 @@ def make_dataset(
     ds = ds.shuffle(seed=seed)
   ds = ds.seed(seed + 1).random_map(tokenize).filter(_is_example)
   ds = ds.repeat(num_epochs)  # Reseeds the shuffle and random_map every epoch.
-  ds = pack(ds.to_iter_dataset(), opts, seed=seed + 2, shuffle_bins=shuffle)
+  text_keys = ("text_frames",) if opts.caption_windows else ()
+  ds = pack(
+    ds.to_iter_dataset(), opts, seed=seed + 2, shuffle_bins=shuffle, extra_text_keys=text_keys
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   if opts.num_workers > 0:
     ds = ds.mp_prefetch(
@@ -354,6 +387,11 @@ def _is_example(x) -> bool:
   return x is not None
 
 
+def batch_keys(opts: Options) -> tuple[str, ...]:
+  """The keys of a packed batch under `opts` (`text_frames` with caption windows)."""
+  return (*BATCH_KEYS, *(("text_frames",) if opts.caption_windows else ()))
+
+
 def batch_spec(opts: Options, geom: sizing.Geometry, batch_size: int) -> dict[str, tuple]:
   """Static (shape, dtype) of every batch key, known before any data is read."""
   L, Lt = opts.seq_len, opts.text_len
@@ -363,6 +401,7 @@ def batch_spec(opts: Options, geom: sizing.Geometry, batch_size: int) -> dict[st
     "segment_ids": ((batch_size, L), np.int32),
     "text_ids": ((batch_size, Lt), np.int32),
     "text_segment_ids": ((batch_size, Lt), np.int32),
+    **({"text_frames": ((batch_size, Lt, 2), np.int32)} if opts.caption_windows else {}),
   }
 
 

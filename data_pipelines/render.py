@@ -146,11 +146,27 @@ class Scene:
   start: tuple[float, float]  # (x, y) centre of the bounding box in frame 0, pixels.
   velocity: tuple[float, float]  # (dx, dy) pixels per frame.
   style: str = ""  # One of STYLES, or "" for none.
+  # A change of motion: (frame k, motion from frame k on, its (dx, dy) per frame); None: none.
+  event: tuple[int, str, tuple[float, float]] | None = None
 
   def centers(self) -> np.ndarray:
     """Bounding-box centre (x, y) in every frame, float64 `[T, 2]`."""
     t = np.arange(self.num_frames, dtype=np.float64)[:, None]
-    return np.asarray(self.start) + t * np.asarray(self.velocity)
+    if self.event is None:
+      return np.asarray(self.start) + t * np.asarray(self.velocity)
+    k, _, v2 = self.event
+    before, after = np.minimum(t, k), np.maximum(t - k, 0.0)
+    return np.asarray(self.start) + before * np.asarray(self.velocity) + after * np.asarray(v2)
+
+  @property
+  def caption_windows(self) -> tuple[tuple[str, int, int], ...]:
+    """With an event, the time-stamped caption: the first motion on frames [0, k), the
+    second on [k, T); () without."""
+    if self.event is None:
+      return ()
+    k, motion2, _ = self.event
+    second = vocab.caption(self.color, self.shape, motion2, self.background, self.style)
+    return ((self.caption, 0, k), (second, k, self.num_frames))
 
   @property
   def caption(self) -> str:
@@ -180,6 +196,10 @@ class Scene:
       "end": f"{end[0]:.2f},{end[1]:.2f}",
       "aspect_ratio": shards.aspect_label(self.height, self.width),
     }
+    if self.event is not None:  # Examples without events keep exactly their attributes.
+      out["event_frame"] = str(self.event[0])
+      out["event_motion"] = self.event[1]
+      out["end"] = "{:.2f},{:.2f}".format(*self.centers()[-1])
     if self.style:  # Unstyled examples keep exactly the attributes they had before styles.
       out["style"] = self.style
       if self.style == "outlined":
@@ -232,6 +252,36 @@ def sample_scene(
     velocity=(velocity[0], velocity[1]),
     style=config.style,
   )
+
+
+def with_event(scene: Scene, rng: np.random.Generator) -> Scene:
+  """The scene with its object changing direction once, at a frame in the middle third,
+  to one of the other moving directions at the same speed; the start is drawn again so
+  that the whole path stays inside the frame. A still object or an image is returned as
+  it is."""
+  direction = vocab.MOTION_DIRECTION[scene.motion or vocab.STILL]
+  if not any(direction) or scene.num_frames < 6:
+    return scene
+  t = scene.num_frames
+  k = int(rng.integers(t // 3, 2 * t // 3 + 1))
+  others = [m for m in vocab.MOTIONS if m not in (scene.motion, vocab.STILL)]
+  motion2 = others[int(rng.integers(len(others)))]
+  speed = math.hypot(*scene.velocity)
+  d2 = vocab.MOTION_DIRECTION[motion2]
+  v2 = (speed * d2[0], speed * d2[1])
+  start = []
+  for axis, side in enumerate((scene.width, scene.height)):
+    a, b = scene.velocity[axis] * k, v2[axis] * (t - 1 - k)
+    low, high = min(0.0, a, a + b), max(0.0, a, a + b)
+    lo, hi = scene.size / 2 - low, side - scene.size / 2 - high
+    if lo > hi:  # The path does not fit: slow both parts down until it does.
+      scale = max(side - scene.size, 0.0) / max(high - low, 1e-9)
+      return with_event(
+        dataclasses.replace(scene, velocity=(scene.velocity[0] * scale, scene.velocity[1] * scale)),
+        rng,
+      )
+    start.append(float(rng.uniform(lo, hi)))
+  return dataclasses.replace(scene, start=(start[0], start[1]), event=(k, motion2, v2))
 
 
 _SQRT5 = math.sqrt(5.0)

@@ -59,6 +59,10 @@ class Example:
     clip_start: start time in seconds within the source video (0 for images).
     attributes: small free-form string map (e.g. synthetic ground truth).
     latent_shape: (t, h, w, 2C) of a cached-latent record; () otherwise.
+    caption_windows: time-stamped captions, each a sequence of (text, start, end):
+      captions restricted to frames [start, end) of the clip (disjoint windows), e.g.
+      an object that changes direction at frame k; training uses one when
+      `data.caption_windows` is on. () for none.
   """
 
   media: bytes
@@ -72,6 +76,7 @@ class Example:
   clip_start: float = 0.0
   attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
   latent_shape: tuple[int, ...] = ()
+  caption_windows: tuple[tuple[tuple[str, int, int], ...], ...] = ()
 
   @property
   def is_image(self) -> bool:
@@ -103,6 +108,17 @@ class Example:
       len(self.latent_shape) != 4 or min(self.latent_shape) <= 0 or self.latent_shape[3] % 2
     ):
       raise SchemaError(f"latent_shape={self.latent_shape}; need (t, h, w, 2C), all positive")
+    for i, caption in enumerate(self.caption_windows):
+      spans = sorted((int(s), int(e)) for _, s, e in caption)
+      if not caption or any(not 0 <= s < e <= self.num_frames for s, e in spans):
+        raise SchemaError(
+          f"caption_windows[{i}]: each window needs 0 <= start < end <= num_frames "
+          f"({self.num_frames}); got {[tuple(w) for w in caption]}"
+        )
+      if any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)):
+        raise SchemaError(f"caption_windows[{i}]: windows overlap: {spans}")
+      if not all(isinstance(t, str) and t for t, _, _ in caption):
+        raise SchemaError(f"caption_windows[{i}]: every window needs a non-empty text")
     if self.media_format == "raw":
       want = self.num_frames * self.height * self.width * 3
       if len(self.media) != want:
@@ -117,6 +133,9 @@ class Example:
     d["latent_shape"] = list(self.latent_shape)
     if not self.latent_shape:
       del d["latent_shape"]
+    d["caption_windows"] = [[[t, int(s), int(e)] for t, s, e in c] for c in self.caption_windows]
+    if not self.caption_windows:  # Records without windows stay byte-identical to before.
+      del d["caption_windows"]
     d["schema_version"] = SCHEMA_VERSION
     return d
 
@@ -135,9 +154,14 @@ class Example:
         clip_start=float(d.get("clip_start", 0.0)),
         attributes={str(k): str(v) for k, v in dict(d.get("attributes") or {}).items()},
         latent_shape=tuple(int(v) for v in d.get("latent_shape") or ()),
+        caption_windows=tuple(
+          tuple((str(t), int(s), int(e)) for t, s, e in c) for c in d.get("caption_windows") or ()
+        ),
       )
     except KeyError as e:
       raise SchemaError(f"record is missing field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+      raise SchemaError(f"record has a malformed field: {e}") from None
 
 
 def serialize(example: Example) -> bytes:

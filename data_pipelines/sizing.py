@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
+
+# A caption window's end that no token frame reaches: the caption sees every frame.
+ALL_FRAMES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,39 @@ class Geometry:
     """Patch grid (nt, nh, nw) of a pixel size; time is padded up to a multiple of pt."""
     lt, lh, lw = self.latent_shape(frames, height, width)
     return (-(-lt // self.patch[0]), lh // self.patch[1], lw // self.patch[2])
+
+  def latent_frame(self, frame: int) -> int:
+    """The latent frame holding pixel frame f: ceil(f / ct) (causal; frame 0 alone)."""
+    return -(-frame // self.compression[0])
+
+  def token_frame(self, frame: int) -> int:
+    """The token frame (temporal patch) holding pixel frame f."""
+    return self.latent_frame(frame) // self.patch[0]
+
+  def token_windows(
+    self, windows: Sequence[tuple[int, int]], frames: int
+  ) -> list[tuple[int, int, int]]:
+    """Caption windows `[start, end)` in pixel frames -> runs `(caption index, first token
+    frame, end token frame)` covering every token frame of a `frames`-frame clip.
+
+    Token frame j belongs to a window when its first pixel frame does; token frames in
+    no window belong to caption 0. Adjacent token frames of one caption form one run.
+    """
+    n = self.token_frame(frames - 1) + 1
+    first = [min(f for f in range(frames) if self.token_frame(f) == j) for j in range(n)]
+    owner = [0] * n
+    for i, (start, end) in enumerate(windows):
+      for j in range(n):
+        if start <= first[j] < end:
+          owner[j] = i
+    runs, j = [], 0
+    while j < n:
+      k = j
+      while k < n and owner[k] == owner[j]:
+        k += 1
+      runs.append((owner[j], j, k))
+      j = k
+    return runs
 
   def num_tokens(self, frames: int, height: int, width: int) -> int:
     return math.prod(self.grid(frames, height, width))

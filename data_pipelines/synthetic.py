@@ -70,6 +70,8 @@ class Options:
   examples_per_shard: int = 500
   style: str = ""  # One of render.STYLES; "": none (the default data, unchanged).
   style_fraction: float = 1.0  # With a style: the fraction of examples drawn in it.
+  # Videos whose object changes direction once, with a time-stamped caption (0: none).
+  event_fraction: float = 0.0
 
   @property
   def eval_examples(self) -> int:
@@ -134,6 +136,8 @@ def validate(opts: Options) -> None:
     raise ValueError(f"--fps={opts.fps}; must be > 0")
   if opts.num_workers < 0:
     raise ValueError(f"--num_workers={opts.num_workers}; must be >= 0 (0: all cores)")
+  if not 0.0 <= opts.event_fraction <= 1.0:
+    raise ValueError(f"--event_fraction={opts.event_fraction}; must be in [0, 1]")
   if not 0.0 < opts.style_fraction <= 1.0:
     raise ValueError(f"--style_fraction={opts.style_fraction}; must be in (0, 1]")
   if opts.examples_per_shard < 1:
@@ -161,6 +165,7 @@ def make_example(
   fps: float,
   paraphrases: bool = False,
   style_fraction: float = 1.0,
+  event_fraction: float = 0.0,
 ) -> schema.Example:
   """Example `index` of `split`: a pure function of its arguments.
 
@@ -173,6 +178,10 @@ def make_example(
       config = dataclasses.replace(config, style="")
   rng = np.random.default_rng([seed, SPLITS.index(split), index])
   scene = render.sample_scene(rng, config, combos)
+  if event_fraction > 0:  # Its own generator: the scenes without events stay as they were.
+    event_rng = np.random.default_rng([seed, SPLITS.index(split), index, 2])
+    if event_rng.uniform() < event_fraction:
+      scene = render.with_event(scene, event_rng)
   data, fmt = media.encode_raw(render.draw(scene))
   captions = [scene.caption]
   if paraphrases:
@@ -189,6 +198,7 @@ def make_example(
     captions=tuple(captions),
     source_id=f"synthetic/{split}/{index:06d}",
     attributes=scene.attributes(),
+    caption_windows=(scene.caption_windows,) if scene.event else (),
   )
 
 
@@ -217,7 +227,15 @@ def _write_shard(task: _ShardTask, progress: Callable[[int], None]) -> dict[str,
   with shards.shard_writer(task.path) as writer:
     for i in range(task.start, task.stop):
       ex = make_example(
-        opts.seed, task.split, i, config, combos, opts.fps, opts.paraphrases, opts.style_fraction
+        opts.seed,
+        task.split,
+        i,
+        config,
+        combos,
+        opts.fps,
+        opts.paraphrases,
+        opts.style_fraction,
+        opts.event_fraction,
       )
       writer.add(ex)
       stats.add(ex.height, ex.width, ex.num_frames)
@@ -360,6 +378,9 @@ _HELP = {
   f"{', '.join(f'{k} ({v!r})' for k, v in render.STYLES.items())}; '': none.",
   "style_fraction": "With --style: the fraction of examples drawn in it (the rest plain), "
   "e.g. to train a style adapter that keeps the base's behaviour on plain prompts.",
+  "event_fraction": "Fraction of moving videos whose object changes direction once, in the "
+  "middle third, with a second, time-stamped caption (caption_windows); the others are "
+  "unchanged.",
 }
 _DEFINE = {
   int: flags.DEFINE_integer,

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     token_drop_rate=0.0,
     max_text_len=64,
     caption_dropout=0.1,
+    # Time-stamped captions (e.g. synthetic --event_fraction): caption tokens seen only
+    # from their window's frames (storyboards are then in distribution).
+    caption_windows=False,
     num_packing_bins=32,
     num_workers=0,
     num_shards=0,  # Virtual data shards (0: one per row of the global batch); see input_pipeline.py.

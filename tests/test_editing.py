@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import media, schema, shards, sizing, tokenizer
+from data_pipelines import media, readback, schema, shards, sizing, synthetic, tokenizer
 from experiments import dit_tiny
 from sora_jax import train
 from sora_jax.diffusion import conditioning as cond
@@ -21,7 +21,7 @@ from sora_jax.diffusion import flow, latent
 from sora_jax.sampling import plans
 from sora_jax.sampling import run as run_lib
 from sora_jax.sampling import sampler as sampling
-from sora_jax.training import heldout
+from sora_jax.training import heldout, input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -367,3 +367,46 @@ def test_storyboards_pack_windows_and_one_window_equals_the_plain_prompt(tiny_ru
   (tmp_path / "broken.json").write_text("{")
   with pytest.raises(plans.RequestError, match="not JSON"):
     plans.read_storyboard(str(tmp_path / "broken.json"), run.geom)
+
+
+def test_event_clips_carry_time_stamped_captions_that_training_windows(tmp_path):
+  data = str(tmp_path / "events")
+  opts = synthetic.Options(
+    output_dir=data,
+    num_examples=24,
+    num_eval=0,
+    min_frames=8,
+    max_frames=12,
+    max_side=32,
+    image_fraction=0.0,
+    event_fraction=1.0,
+    num_workers=1,
+    examples_per_shard=24,
+  )
+  synthetic.generate(opts, show_progress=False)
+  tokenizer.train(data, vocab_size=64)
+  examples = [e for p in shards.split_files(data, "train") for e in shards.read_shard(p)]
+  events = [e for e in examples if e.caption_windows]
+  assert len(events) >= 12  # every moving clip (still ones cannot change direction)
+  hits = []
+  for e in events:  # Each window's caption is what its frames show (read back).
+    (first, _, k), (second, k2, end) = e.caption_windows[0]
+    assert k == k2 == int(e.attributes["event_frame"]) and end == e.num_frames
+    video = media.decode(e)
+    hits.append(readback.score(video[:k], first)["motion"])
+    hits.append(readback.score(video[k:], second)["motion"])
+  assert np.mean(hits) >= 0.8, np.mean(hits)  # A few short, slow parts read as still.
+
+  cfg = dit_tiny.get_config()
+  cfg.data.update(
+    data_dir=data, caption_windows=True, max_frames=8, max_text_len=16, caption_dropout=0.0
+  )
+  cfg.flow.conditioning.update(cond.MIXTURE)
+  cfg.train.update(num_steps=2, checkpoint_every=2)
+  tok = input_pipeline.load_tokenizer(cfg)
+  batch = next(iter(input_pipeline.make_dataset(cfg, tok, latent.PixelStage())))
+  tf, tseg = batch["text_frames"], batch["text_segment_ids"]
+  windowed = tf[(tseg > 0) & (tf[..., 1] < sizing.ALL_FRAMES)]
+  assert len(windowed) and (windowed[:, 0] < windowed[:, 1]).all()
+  last = train.train(cfg, str(tmp_path / "run"))
+  assert np.isfinite(last["loss"])

@@ -161,7 +161,15 @@ def token_loss(
   """
   x0, seg = batch["tokens"], batch["segment_ids"]
   xt = noised(x0, noise, t, seg)
-  out = model(xt, batch["coords"], seg, t, batch["text_ids"], batch["text_segment_ids"])
+  out = model(
+    xt,
+    batch["coords"],
+    seg,
+    t,
+    batch["text_ids"],
+    batch["text_segment_ids"],
+    batch.get("text_frames"),  # Caption windows (data.caption_windows), or None.
+  )
   pred = velocity(out, xt, t, cfg, min_t=cfg.min_t)
   return jnp.mean(jnp.square(pred - (noise - x0)), axis=-1)
 

@@ -118,13 +118,13 @@ def split_frame(spec: str, name: str) -> tuple[str, int | None]:
 
 
 def latent_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
-  """The latent frame holding pixel frame f: ceil(f / ct) (causal; frame 0 alone)."""
-  return -(-pixel_frame // geom.compression[0])
+  """The latent frame holding pixel frame f (`sizing.Geometry.latent_frame`)."""
+  return geom.latent_frame(pixel_frame)
 
 
 def token_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
-  """The token frame (temporal patch) holding pixel frame f."""
-  return latent_frame(geom, pixel_frame) // geom.patch[0]
+  """The token frame holding pixel frame f (`sizing.Geometry.token_frame`)."""
+  return geom.token_frame(pixel_frame)
 
 
 def token_frame_span(geom: sizing.Geometry, frame: int, num_frames: int) -> range:
@@ -343,29 +343,15 @@ def check_windows(prompts, num_frames: int, name: str = "prompts") -> None:
 
 def caption_windows(req, geom: sizing.Geometry) -> list[tuple[str, int, int]] | None:
   """The captions of `req` with their token-frame windows `[start, end)`, or None when one
-  caption sees every frame (a plain request).
-
-  Token frame j is in a window [s, e) when its first pixel frame is; frames in no
-  window see the first prompt (its text repeated for each uncovered run).
-  """
+  caption sees every frame (a plain request). The rule is training's
+  (`sizing.Geometry.token_windows`): token frame j is in a window when its first pixel
+  frame is; frames in no window see the first prompt."""
   if len(req.prompts) <= 1:
     return None
-  t = req.num_frames
-  n = token_frame(geom, t - 1) + 1
-  owner = [-1] * n
-  for i, (_, start, end) in enumerate(req.prompts):
-    for j in range(n):
-      if start <= token_frame_span(geom, j, t).start < end:
-        owner[j] = i
-  owner = [0 if o < 0 else o for o in owner]
-  out, j = [], 0
-  while j < n:
-    k = j
-    while k < n and owner[k] == owner[j]:
-      k += 1
-    out.append((req.prompts[owner[j]][0], j, k))
-    j = k
-  return out if len({o for o in owner}) > 1 else None
+  runs = geom.token_windows([(s, e) for _, s, e in req.prompts], req.num_frames)
+  if len({i for i, _, _ in runs}) == 1:
+    return None
+  return [(req.prompts[i][0], j0, j1) for i, j0, j1 in runs]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,7 +138,7 @@ def unconditional_text(segment_ids: np.ndarray, text_len: int) -> tuple[np.ndarr
   return ids, seg
 
 
-ALL_FRAMES = 1 << 30  # A caption window's end that no frame reaches.
+ALL_FRAMES = sizing.ALL_FRAMES  # A caption window's end that no frame reaches.
 
 
 def all_frames(shape: tuple[int, ...]) -> np.ndarray:

@@ -81,7 +81,8 @@ class Trainer:
       self.state_shardings,
     )
     self.batch_shardings = {
-      k: sharding.named_sharding(("batch",), self.rules, mesh) for k in pipeline.BATCH_KEYS
+      k: sharding.named_sharding(("batch",), self.rules, mesh)
+      for k in pipeline.batch_keys(pipeline.Options.from_config(cfg.data))
     }
     self._jitted_step = jax.jit(
       self._step,
