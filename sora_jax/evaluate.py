@@ -158,6 +158,14 @@ def print_editing(edits: dict) -> None:
   n = edits["modes"][editing.MODES[0]]["n"]
   print(f"editing at step {edits['step']} on {n} clips of split {edits['split']!r}:")
   for mode, m in edits["modes"].items():
+    if mode == "storyboard":
+      parts = [f"first window motion {m['first_window']:.0%}"]
+      parts.append(f"second window motion {m['second_window']:.0%}")
+      parts.append(f"switch read in {m['switch_found']:.0%} of clips")
+      if "switch_error" in m:
+        parts[-1] += f", {m['switch_error']:.1f} frames from the asked one"
+      print(f"  {mode:<16} " + ", ".join(parts))
+      continue
     parts = [f"fidelity {m['fidelity']:.1f} dB"]
     if "fidelity_reference" in m:
       parts[-1] += f" (autoencoder alone {m['fidelity_reference']:.1f} dB)"

@@ -7,6 +7,8 @@ motion), each mode is run with the clip's own caption:
   extend_forward    the clip's first half kept, the rest generated
   extend_backward   the clip's second half kept, the first generated
   loop              the first frame held at both ends
+  storyboard        no media: the caption on the first half of the frames, and the same
+                    caption with another direction on the second half
 
 and measured:
 
@@ -20,6 +22,10 @@ and measured:
   continuity   colour and motion read back (data_pipelines.readback) from the
                generated frames alone, against the caption, which agrees with the
                given frames (aims: colour >= 90%, motion >= 60%)
+  storyboard   motion read back in each window against its caption (aim >= 60% each),
+               and where the switch happens: the frame k nearest the asked one at which
+               the frames before read as the first motion and those after as the second
+               (`switch_found`: how often there is one; `switch_error`: mean |k - asked|)
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from sora_jax.evaluators import prompt_following
 from sora_jax.sampling import plans, sampler
 from sora_jax.sampling import run as run_lib
 
-MODES = ("animate", "extend_forward", "extend_backward", "loop")
-AIMS = {"seam": 1.5, "color": 0.9, "motion": 0.6}  # seam: at most; the others: at least.
+MODES = ("animate", "extend_forward", "extend_backward", "loop", "storyboard")
+# seam: at most; the others: at least.
+AIMS = {"seam": 1.5, "color": 0.9, "motion": 0.6, "first_window": 0.6, "second_window": 0.6}
+MOVING = ("moving left", "moving right", "moving up", "moving down")
 PSNR_EXACT = 100.0  # Reported for kept frames that come back exactly.
 
 
@@ -49,6 +57,9 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def plan(mode: str, req: sampler.Request, clip: np.ndarray, geom) -> sampler.Request:
   """The request of `mode` on `clip` (uint8, the request's size and length)."""
   t = req.num_frames
+  if mode == "storyboard":
+    first, second = storyboard_prompts(req.prompt)
+    return dataclasses.replace(req, prompts=((first, 0, t // 2), (second, t // 2, t)))
   if mode == "animate":
     return dataclasses.replace(req, context=plans.animate(clip[:1], 0, False, t))
   if mode == "loop":
@@ -61,6 +72,32 @@ def plan(mode: str, req: sampler.Request, clip: np.ndarray, geom) -> sampler.Req
   if total != t:  # The clip was cut to whole token frames; keep the output's length.
     raise sampler.RequestError(f"{mode}: {t} frames do not split into whole token frames")
   return dataclasses.replace(req, context=ctx)
+
+
+def storyboard_prompts(prompt: str) -> tuple[str, str]:
+  """The prompt, and the same prompt with the next moving direction (left -> right -> up ->
+  down -> left)."""
+  want = vocab.parse_caption(prompt)
+  motion = want["motion"] if want["motion"] in MOVING else MOVING[0]
+  other = MOVING[(MOVING.index(motion) + 1) % len(MOVING)]
+  return (
+    vocab.caption(want["color"], want["shape"], motion, want["background"]),
+    vocab.caption(want["color"], want["shape"], other, want["background"]),
+  )
+
+
+def read_switch(video: np.ndarray, first: str, second: str, asked: int) -> int | None:
+  """The frame k nearest `asked` where frames [0, k) read as `first`'s motion and [k, T) as
+  `second`'s, or None."""
+  m1, m2 = vocab.parse_caption(first)["motion"], vocab.parse_caption(second)["motion"]
+  t = len(video)
+  found = [
+    k
+    for k in range(2, t - 1)
+    if readback.read_attributes(video[:k])["motion"] == m1
+    and readback.read_attributes(video[k:])["motion"] == m2
+  ]
+  return min(found, key=lambda k: abs(k - asked)) if found else None
 
 
 def seam_ratio(video: np.ndarray, kept: np.ndarray, loop: bool) -> float | None:
@@ -80,6 +117,16 @@ def score(
   mode: str, req: sampler.Request, video: np.ndarray, geom, stage
 ) -> dict[str, float | bool | None]:
   """The measures of one edited video (see the module docstring)."""
+  if mode == "storyboard":
+    (first, _, k), (second, _, _) = req.prompts
+    m1, m2 = vocab.parse_caption(first)["motion"], vocab.parse_caption(second)["motion"]
+    switch = read_switch(video, first, second, k)
+    return {
+      "first_window": readback.read_attributes(video[:k])["motion"] == m1,
+      "second_window": readback.read_attributes(video[k:])["motion"] == m2,
+      "switch_found": switch is not None,
+      "switch_error": None if switch is None else float(abs(switch - k)),
+    }
   canvas, _, _, _ = plans.given_frames(req, geom)
   kept = plans.frame_keep(req, geom) >= 1.0
   out: dict[str, float | bool | None] = {
@@ -139,7 +186,9 @@ def evaluate(
   for mode in MODES:
     rows = [s for s in samples if s["mode"] == mode]
     summary[mode] = {"n": len(rows)}
-    for key in ("fidelity", "fidelity_reference", "seam", "color", "motion"):
+    keys = ("fidelity", "fidelity_reference", "seam", "color", "motion")
+    keys += ("first_window", "second_window", "switch_found", "switch_error")
+    for key in keys:
       vals = [float(r[key]) for r in rows if r.get(key) is not None]
       if vals:
         summary[mode][key] = float(np.median(vals) if key == "seam" else np.mean(vals))
@@ -148,7 +197,7 @@ def evaluate(
     if "seam" in s:
       aims[f"{mode}.seam"] = {"aim": AIMS["seam"], "met": s["seam"] <= AIMS["seam"]}
     if mode != "loop":
-      for key in ("color", "motion"):
+      for key in ("color", "motion", "first_window", "second_window"):
         if key in s:
           aims[f"{mode}.{key}"] = {"aim": AIMS[key], "met": s[key] >= AIMS[key]}
   result = {
