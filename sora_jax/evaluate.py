@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from data_pipelines import shards
+from sora_jax.analysis import plots
 from sora_jax.core import checkpointing, cli, distributed
 from sora_jax.evaluators import editing, prompt_following
 from sora_jax.model_io import adapters
@@ -158,6 +159,12 @@ def print_editing(edits: dict) -> None:
   n = edits["modes"][editing.MODES[0]]["n"]
   print(f"editing at step {edits['step']} on {n} clips of split {edits['split']!r}:")
   for mode, m in edits["modes"].items():
+    if mode == "blend":
+      print(
+        f"  {mode:<16} first third reads as A {m['first_is_a']:.0%}, last third as B "
+        f"{m['last_is_b']:.0%}"
+      )
+      continue
     if mode == "storyboard":
       parts = [f"first window motion {m['first_window']:.0%}"]
       parts.append(f"second window motion {m['second_window']:.0%}")
@@ -175,10 +182,23 @@ def print_editing(edits: dict) -> None:
       if k in m and mode != "loop":
         parts.append(f"{k} {m[k]:.0%}")
     print(f"  {mode:<16} " + ", ".join(parts))
+  remix = edits["remix"]
+  print(
+    "  remix            colour follows the new prompt at keep "
+    + ", ".join(f"{k}: {v['color']:.0%}" for k, v in remix.items())
+  )
+  print(
+    "                   path error (of the diagonal) at keep "
+    + ", ".join(
+      f"{k}: {'-' if v['path_error'] is None else format(v['path_error'], '.3f')}"
+      for k, v in remix.items()
+    )
+  )
   for name, a in edits["aims"].items():
     op = "<=" if name.endswith(".seam") else ">="
     print(f"  aim {name} {op} {a['aim']:g}: {'met' if a['met'] else 'NOT met'}")
-  print(f"results: {os.path.join(FLAGS.output, 'editing_results.json')}")
+  curve = plots.remix_curve(remix, os.path.join(FLAGS.output, "editing_remix.png"))
+  print(f"results: {os.path.join(FLAGS.output, 'editing_results.json')}, {curve}")
 
 
 def print_prompt_following(result: dict, aims: dict[str, float]) -> None:

@@ -83,6 +83,9 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert set(edits["modes"]) == set(editing.MODES)
   for mode, m in edits["modes"].items():
     assert m["n"] == 2, (mode, m)
+    if mode == "blend":
+      assert 0.0 <= m["first_is_a"] <= 1.0 and 0.0 <= m["last_is_b"] <= 1.0
+      continue
     if mode == "storyboard":  # Two windows asking for two directions, no media.
       assert 0.0 <= m["first_window"] <= 1.0 and 0.0 <= m["switch_found"] <= 1.0
       continue
@@ -90,7 +93,10 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
     assert m["seam"] > 0 and 0.0 <= m["color"] <= 1.0
   assert edits["aims"]["animate.seam"]["met"] == (edits["modes"]["animate"]["seam"] <= 1.5)
   assert "editing at step 4 on 2 clips" in r.stdout and "extend_backward" in r.stdout
-  assert "second window motion" in r.stdout
+  assert "second window motion" in r.stdout and "first third reads as A" in r.stdout
+  assert set(edits["remix"]) == {"0", "0.25", "0.5", "0.75", "1"}
+  assert edits["remix"]["1"]["path_error"] == 0.0  # keep 1 returns the source clip
+  assert os.path.exists(os.path.join(out, "editing_remix.png"))
   assert os.path.exists(os.path.join(out, "editing_contact_sheet.png"))
 
 

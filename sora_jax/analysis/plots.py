@@ -1,4 +1,5 @@
-"""The scaling figures (matplotlib, Agg; no jax): what `python -m sora_jax.scaling` writes."""
+"""Figures (matplotlib, Agg; no jax): what `python -m sora_jax.scaling` writes, and the
+remix curve of `python -m sora_jax.evaluate --evals=editing`."""
 
 from __future__ import annotations
 
@@ -151,6 +152,27 @@ def coord_check(records: dict[str, Any], path: str) -> str:
       if j == 0:
         ax.set_ylabel("mean |activation|")
   axes[0][0].legend(fontsize=7)
+  return _save(fig, path)
+
+
+def remix_curve(remix: dict[str, dict[str, Any]], path: str) -> str:
+  """Remix against keep: how often the colour follows the new prompt, and how far the
+  object's path is from the source's (sora_jax.evaluators.editing)."""
+  keeps = sorted(remix, key=float)
+  x = [float(k) for k in keeps]
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  ax.plot(x, [remix[k]["color"] for k in keeps], "o-", label="colour follows the new prompt")
+  ax.set_xlabel("keep (0 = prompt only, 1 = the source clip)")
+  ax.set_ylabel("fraction of clips")
+  ax.set_ylim(-0.05, 1.05)
+  err = [remix[k]["path_error"] for k in keeps]
+  ax2 = ax.twinx()
+  ax2.plot(x, [np.nan if e is None else e for e in err], "s--", color="C1", label="path error")
+  ax2.set_ylabel("path error (of the frame diagonal)")
+  ax2.set_ylim(bottom=0)
+  lines = ax.get_lines() + ax2.get_lines()
+  ax.legend(lines, [ln.get_label() for ln in lines], loc="center left", fontsize=8)
+  ax.set_title("Remix: the new prompt against the source")
   return _save(fig, path)
 
 

@@ -9,6 +9,10 @@ motion), each mode is run with the clip's own caption:
   loop              the first frame held at both ends
   storyboard        no media: the caption on the first half of the frames, and the same
                     caption with another direction on the second half
+  blend             the clip (A) and the next clip (B) along 0:0,0.4:0,0.6:1,1:1, each
+                    clip's caption on its half
+  remix@K           the clip as a starting point at keep K (0, 0.25, 0.5, 0.75, 1) under
+                    its caption with another colour
 
 and measured:
 
@@ -26,6 +30,12 @@ and measured:
                and where the switch happens: the frame k nearest the asked one at which
                the frames before read as the first motion and those after as the second
                (`switch_found`: how often there is one; `switch_error`: mean |k - asked|)
+  blend        colour read back on the first and the last third: A's (`first_is_a`) and
+               B's (`last_is_b`)
+  remix        per keep: how often the colour is the new prompt's (`color`), and how far
+               the object's path is from the source's (`path_error`: mean centroid
+               distance over the frame diagonal); keep 0 should follow the prompt, keep 1
+               the source, and the curve between is written as a PNG by the command
 """
 
 from __future__ import annotations
@@ -36,16 +46,18 @@ import os
 
 import numpy as np
 
-from data_pipelines import contact_sheet, media, pipeline, readback, vocab
+from data_pipelines import contact_sheet, media, pipeline, readback, shards, vocab
 from sora_jax.diffusion import latent
 from sora_jax.evaluators import prompt_following
 from sora_jax.sampling import plans, sampler
 from sora_jax.sampling import run as run_lib
 
-MODES = ("animate", "extend_forward", "extend_backward", "loop", "storyboard")
+MODES = ("animate", "extend_forward", "extend_backward", "loop", "storyboard", "blend")
 # seam: at most; the others: at least.
 AIMS = {"seam": 1.5, "color": 0.9, "motion": 0.6, "first_window": 0.6, "second_window": 0.6}
 MOVING = ("moving left", "moving right", "moving up", "moving down")
+REMIX_KEEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BLEND_CURVE = ((0.0, 0.0), (0.4, 0.0), (0.6, 1.0), (1.0, 1.0))
 PSNR_EXACT = 100.0  # Reported for kept frames that come back exactly.
 
 
@@ -54,9 +66,75 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   return PSNR_EXACT if mse == 0 else min(PSNR_EXACT, 10 * np.log10(255.0**2 / mse))
 
 
-def plan(mode: str, req: sampler.Request, clip: np.ndarray, geom) -> sampler.Request:
-  """The request of `mode` on `clip` (uint8, the request's size and length)."""
+def clips_with_captions(
+  data_dir: str, split: str, size: tuple[int, int, int], num: int, stride: int = 3
+) -> tuple[list[np.ndarray], list[str]]:
+  """Up to `num` moving clips of the split (distinct captions, so each direction and
+  colour shows up), cut to `size` frames at `stride` (less if short) and resized, with
+  their canonical captions: the prompt agrees with the given frames."""
+  t, h, w = size
+  clips, prompts = [], []
+  for path in shards.split_files(data_dir, split):
+    for ex in shards.read_shard(path):
+      caption = ex.captions[0]
+      parsed = vocab.parse_caption(caption)
+      if ex.num_frames < t or parsed["motion"] not in MOVING or caption in prompts:
+        continue
+      frames = media.decode(ex)
+      k = max(1, min(stride, (len(frames) - 1) // max(t - 1, 1)))
+      clips.append(pipeline.resize_frames(frames[: (t - 1) * k + 1 : k], h, w))
+      prompts.append(caption)
+      if len(clips) == num:
+        return clips, prompts
+  return clips, prompts
+
+
+def recolored(prompt: str) -> str:
+  """The caption with the next colour of the vocabulary."""
+  want = vocab.parse_caption(prompt)
+  color = vocab.COLORS[(vocab.COLORS.index(want["color"]) + 1) % len(vocab.COLORS)]
+  return vocab.caption(color, want["shape"], want["motion"], want["background"])
+
+
+def centroids(video: np.ndarray) -> np.ndarray:
+  """Per frame, the centre (x, y) of the pixels far from the border's median colour
+  (the object on these flat backgrounds), NaN where there are none `[T, 2]`."""
+  v = video.astype(np.float32)
+  out = np.full((len(v), 2), np.nan)
+  for i, f in enumerate(v):
+    border = np.concatenate([f[0], f[-1], f[:, 0], f[:, -1]])
+    mask = np.linalg.norm(f - np.median(border, axis=0), axis=-1) > 60
+    if mask.any():
+      ys, xs = np.nonzero(mask)
+      out[i] = xs.mean(), ys.mean()
+  return out
+
+
+def path_error(video: np.ndarray, source: np.ndarray) -> float | None:
+  """Mean distance between the object's centres in two clips, over the frame diagonal."""
+  d = np.linalg.norm(centroids(video) - centroids(source), axis=-1)
+  d = d[np.isfinite(d)]
+  return float(d.mean() / np.hypot(*video.shape[1:3])) if len(d) else None
+
+
+def plan(
+  mode: str, req: sampler.Request, clip: np.ndarray, geom, other: tuple[np.ndarray, str]
+) -> sampler.Request:
+  """The request of `mode` on `clip` (uint8, the request's size and length); `other` is the
+  next clip and its caption (blends)."""
   t = req.num_frames
+  if mode.startswith("remix@"):
+    keep = float(mode.split("@")[1])
+    return dataclasses.replace(
+      req, prompt=recolored(req.prompt), context=plans.remix(clip, t, keep, None)
+    )
+  if mode == "blend":
+    b, b_prompt = other
+    return dataclasses.replace(
+      req,
+      prompts=((req.prompt, 0, t // 2), (b_prompt, t // 2, t)),
+      context=plans.blend(clip, b, t, BLEND_CURVE),
+    )
   if mode == "storyboard":
     first, second = storyboard_prompts(req.prompt)
     return dataclasses.replace(req, prompts=((first, 0, t // 2), (second, t // 2, t)))
@@ -114,9 +192,22 @@ def seam_ratio(video: np.ndarray, kept: np.ndarray, loop: bool) -> float | None:
 
 
 def score(
-  mode: str, req: sampler.Request, video: np.ndarray, geom, stage
+  mode: str, req: sampler.Request, video: np.ndarray, geom, stage, source: np.ndarray
 ) -> dict[str, float | bool | None]:
-  """The measures of one edited video (see the module docstring)."""
+  """The measures of one edited video (see the module docstring); `source` is the clip."""
+  if mode.startswith("remix@"):
+    return {
+      "color": readback.read_attributes(video)["color"] == vocab.parse_caption(req.prompt)["color"],
+      "path_error": path_error(video, source),
+    }
+  if mode == "blend":
+    third = max(1, len(video) // 3)
+    (a_prompt, _, _), (b_prompt, _, _) = req.prompts
+    read = lambda v: readback.read_attributes(v)["color"]
+    return {
+      "first_is_a": read(video[:third]) == vocab.parse_caption(a_prompt)["color"],
+      "last_is_b": read(video[-third:]) == vocab.parse_caption(b_prompt)["color"],
+    }
   if mode == "storyboard":
     (first, _, k), (second, _, _) = req.prompts
     m1, m2 = vocab.parse_caption(first)["motion"], vocab.parse_caption(second)["motion"]
@@ -159,28 +250,26 @@ def evaluate(
   """Runs every mode on `num_clips` clips of `split`; returns {"step", "split", "size",
   "modes": {mode: {measure: mean, "n"}}, "aims": {...}, "samples": [...]}; with `output`,
   writes editing_results.json and editing_contact_sheet.png there."""
-  prompts = [
-    p
-    for p in prompt_following.eval_prompts(data_dir, split, 10 * num_clips)
-    if vocab.parse_caption(p)["motion"]
-  ][:num_clips]
-  if not prompts:
-    raise sampler.RequestError(f"split {split!r} of {data_dir} has no video captions")
   if size is None:
     size = next(s for s in prompt_following.training_sizes(run.cfg, run.geom) if s[0] > 1)
-  base = prompt_following.requests_for(prompts, [size], seed)
-  clips = prompt_following.real_clips(data_dir, split, base)
-  clips = [c for c in clips if len(c) == size[0]]
-  base = base[: len(clips)]
-  requests, modes = [], []
-  for req, clip in zip(base, clips, strict=True):
-    for mode in MODES:
-      requests.append(plan(mode, req, clip, run.geom))
+  clips, prompts = clips_with_captions(data_dir, split, size, num_clips)
+  if not clips:
+    raise sampler.RequestError(
+      f"split {split!r} of {data_dir} has no moving clips of at least {size[0]} frames"
+    )
+  base = [sampler.Request(p, *size, seed=seed + i) for i, p in enumerate(prompts)]
+  requests, modes, sources = [], [], []
+  all_modes = MODES + tuple(f"remix@{k:g}" for k in REMIX_KEEPS)
+  for i, (req, clip) in enumerate(zip(base, clips, strict=True)):
+    other = (clips[(i + 1) % len(clips)], prompts[(i + 1) % len(clips)])
+    for mode in all_modes:
+      requests.append(plan(mode, req, clip, run.geom, other))
       modes.append(mode)
+      sources.append(clip)
   videos = run_lib.generate(run, requests, steps=steps, cfg_scale=cfg_scale)
   samples = []
-  for mode, req, video in zip(modes, requests, videos, strict=True):
-    m = score(mode, req, video, run.geom, run.stage)
+  for mode, req, video, src in zip(modes, requests, videos, sources, strict=True):
+    m = score(mode, req, video, run.geom, run.stage, src)
     samples.append({"mode": mode, "prompt": req.prompt, **m})
   summary = {}
   for mode in MODES:
@@ -188,10 +277,20 @@ def evaluate(
     summary[mode] = {"n": len(rows)}
     keys = ("fidelity", "fidelity_reference", "seam", "color", "motion")
     keys += ("first_window", "second_window", "switch_found", "switch_error")
+    keys += ("first_is_a", "last_is_b")
     for key in keys:
       vals = [float(r[key]) for r in rows if r.get(key) is not None]
       if vals:
         summary[mode][key] = float(np.median(vals) if key == "seam" else np.mean(vals))
+  remix = {}
+  for k in REMIX_KEEPS:
+    rows = [s for s in samples if s["mode"] == f"remix@{k:g}"]
+    errors = [r["path_error"] for r in rows if r["path_error"] is not None]
+    remix[f"{k:g}"] = {
+      "color": float(np.mean([r["color"] for r in rows])),
+      "path_error": float(np.mean(errors)) if errors else None,
+      "n": len(rows),
+    }
   aims = {}
   for mode, s in summary.items():
     if "seam" in s:
@@ -205,6 +304,7 @@ def evaluate(
     "split": split,
     "size": list(size),
     "modes": summary,
+    "remix": remix,
     "aims": aims,
     "samples": samples,
   }
@@ -215,6 +315,6 @@ def evaluate(
     items = [(v, f"{m}: {r.prompt}") for m, r, v in zip(modes, requests, videos, strict=True)]
     media.write_png(
       os.path.join(output, "editing_contact_sheet.png"),
-      contact_sheet.contact_sheet(items[: 4 * len(MODES)]),
+      contact_sheet.contact_sheet(items[: 3 * len(all_modes)]),
     )
   return result
