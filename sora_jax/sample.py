@@ -22,6 +22,9 @@ Editing (one model, one sampler; see sora_jax/sampling/plans.py):
   --video=PATH [--keep=K | --keep_curve=0:1,1:0]
                                         remix: the clip as a starting point under the new
                                         prompt (keep 1 = unchanged, 0 = ignored)
+  --video=PATH --recut --num_frames=T [--width=W --height=H] [--keep=K]
+                                        re-cut: the clip retimed to T frames and resized,
+                                        regenerated from it (a low keep upscales)
   --blend=A,B [--curve=0:0,0.4:0,0.6:1,1:1] [--blend_strength=S]
                                         follow clip A, then B, as the curve says (0 = A,
                                         1 = B); frames near 0.5 are generated to connect them
@@ -95,6 +98,9 @@ def define_flags() -> None:
   flags.DEFINE_float(
     "blend_strength", 1.0, "Blend: the keep of the clips where the curve is 0 or 1."
   )
+  flags.DEFINE_bool(
+    "recut", False, "With --video: retime the clip to --num_frames and remix it at --keep."
+  )
   flags.DEFINE_integer("video_frames", 0, "Frames of --video to use (0: all).")
   flags.DEFINE_integer("video_stride", 1, "Take every k-th frame of --video.")
   flags.DEFINE_string(
@@ -157,6 +163,8 @@ def plan_requests(requests: list[sampler.Request], geom) -> tuple[list[sampler.R
   remix_flags = FLAGS["keep"].present or FLAGS.keep_curve
   if remix_flags and (not FLAGS.video or FLAGS.extend):
     raise sampler.RequestError("--keep and --keep_curve remix a --video (without --extend)")
+  if FLAGS.recut and (not FLAGS.video or FLAGS.extend):
+    raise sampler.RequestError("--recut goes with --video (without --extend)")
   if FLAGS.video_stride < 1 or FLAGS.video_frames < 0:
     raise sampler.RequestError("--video_stride must be >= 1 and --video_frames >= 0")
   notes = []
@@ -195,8 +203,9 @@ def plan_requests(requests: list[sampler.Request], geom) -> tuple[list[sampler.R
   if FLAGS.loop:
     raise sampler.RequestError("--loop goes with --image, --video --extend, or no media")
   curve = plans.parse_curve(FLAGS.keep_curve) if FLAGS.keep_curve else None
+  edit = plans.recut if FLAGS.recut else plans.remix
   for r in requests:
-    out.append(dataclasses.replace(r, context=plans.remix(clip, r.num_frames, FLAGS.keep, curve)))
+    out.append(dataclasses.replace(r, context=edit(clip, r.num_frames, FLAGS.keep, curve)))
   return out, notes
 
 

@@ -131,6 +131,10 @@ def test_plans_place_given_frames_as_token_keep_values(tmp_path):
     sampling.Request("x", 3, 8, 8, context=plans.remix(clip, 3, 0.5, curve)), geom, stage
   )
   np.testing.assert_allclose(keep.reshape(3, 4)[:, 0], [1.0, 0.5, 0.0])
+  # Re-cut: the clip retimed to a new length, as a starting point.
+  (g,) = plans.recut(clip, 5, 0.4, None)
+  assert len(g.frames) == 5 and g.keep == 0.4
+  np.testing.assert_array_equal(g.frames[[0, 2, 4]], clip)
   # Each bad request is one line naming its field.
   bad = [
     (lambda: plans.parse_curve("0:1,x"), "--keep_curve"),

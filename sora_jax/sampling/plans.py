@@ -305,6 +305,20 @@ def blend(
   )
 
 
+def resample(clip: np.ndarray, num_frames: int) -> np.ndarray:
+  """The clip stretched or squeezed in time to `num_frames` (nearest frame)."""
+  idx = np.round(np.linspace(0, len(clip) - 1, num_frames)).astype(int)
+  return clip[idx]
+
+
+def recut(
+  clip: np.ndarray, num_frames: int, keep: float, curve: tuple[tuple[float, float], ...] | None
+) -> tuple[Given, ...]:
+  """Re-cut: the clip retimed to `num_frames` (and, by the request, resized) as a starting
+  point at `keep` (or a curve): a new length, or an upscale at a low keep."""
+  return remix(resample(clip, num_frames), num_frames, keep, curve)
+
+
 def remix(
   clip: np.ndarray, num_frames: int, keep: float, curve: tuple[tuple[float, float], ...] | None
 ) -> tuple[Given, ...]:
