@@ -7,7 +7,11 @@ Two formats, chosen by the file's extension:
     Quote a caption that holds a comma. A row with more fields than the header
     is rejected rather than silently cut.
   JSONL (.jsonl, .ndjson, .json): one object per line,
-    `{"path": ..., "caption": "..."}` and/or `{"path": ..., "captions": [...]}`.
+    `{"path": ..., "caption": "..."}` and/or `{"path": ..., "captions": [...]}`, and
+    optionally a time-stamped caption, `"windows": [{"text": ..., "start": F0, "end": F1},
+    ...]`: texts for frames [F0, F1) of the source video (frames as decoded, disjoint),
+    stored as the record's `caption_windows` (mapped onto each clip when the video is
+    cut or resampled).
 
 Paths are relative to the input directory, or absolute. The file is read as
 bytes and decoded line by line, so a line that is not UTF-8 invalidates only the
@@ -57,6 +61,7 @@ class Row:
   path: str | None  # As written in the file; None when unreadable.
   captions: tuple[str, ...] = ()
   problem: Problem | None = None
+  windows: tuple[tuple[str, int, int], ...] = ()  # (text, start, end) in source frames.
 
 
 @dataclasses.dataclass
@@ -82,6 +87,11 @@ class CaptionTable:
     if row.problem:
       return (), row.problem
     return row.captions, None
+
+  def windows(self, key: str) -> tuple[tuple[str, int, int], ...]:
+    """The time-stamped caption of the file at `key` (JSONL "windows"), or ()."""
+    rows = self.rows.get(key) or []
+    return rows[0].windows if len(rows) == 1 and not rows[0].problem else ()
 
 
 def normalize(path: str, root: str) -> str:
@@ -248,4 +258,32 @@ def _jsonl_rows(data: bytes, name: str) -> Iterator[Row]:
         problem=Problem(BAD_ROW, f'{name}:{line}: "caption"/"captions" must be strings'),
       )
       continue
-    yield _finish(line, obj["path"], captions, name)
+    row = _finish(line, obj["path"], captions, name)
+    if "windows" in obj and not row.problem:
+      windows, error = _windows(obj["windows"])
+      if error:
+        row = Row(line, row.path, problem=Problem(BAD_ROW, f"{name}:{line}: {error}"))
+      else:
+        row = dataclasses.replace(row, windows=windows)
+    yield row
+
+
+def _windows(raw) -> tuple[tuple[tuple[str, int, int], ...], str | None]:
+  """Parsed "windows" of a JSONL row, or the reason they cannot be used."""
+  want = '"windows" must be a list of {"text", "start", "end"} with 0 <= start < end'
+  if not isinstance(raw, list) or not raw:
+    return (), want
+  out = []
+  for w in raw:
+    if not isinstance(w, dict) or not isinstance(w.get("text"), str) or not w["text"].strip():
+      return (), want
+    start, end = w.get("start"), w.get("end")
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+      return (), want
+    if _bad(w["text"]):
+      return (), '"windows" text is not UTF-8'
+    out.append((w["text"].strip(), start, end))
+  spans = sorted((s, e) for _, s, e in out)
+  if any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)):
+    return (), f'"windows" overlap: {spans}'
+  return tuple(out), None

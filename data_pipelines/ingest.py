@@ -179,6 +179,7 @@ class FileTask:
   rel: str  # Relative to the input root: the source_id and the report's name.
   captions: tuple[str, ...]
   problem: tuple[str, str] | None  # (reason, detail) from the caption file.
+  windows: tuple[tuple[str, int, int], ...] = ()  # A time-stamped caption (source frames).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +288,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         ):
           os._exit(70)
         examples = probe.examples_from_file(
-          f.path, f.rel, f.captions, task.options, caption_problem=f.problem
+          f.path, f.rel, f.captions, task.options, caption_problem=f.problem, windows=f.windows
         )
         for e in examples:  # All of a file's records serialize, or none is written.
           schema.serialize(e)
@@ -444,9 +445,10 @@ def run(config: Config) -> dict[str, Any]:
   # Files against caption rows.
   files = []
   for p in inputs:
-    caps, problem = table.lookup(captions_lib.normalize(p, root))
+    key = captions_lib.normalize(p, root)
+    caps, problem = table.lookup(key)
     problem = (problem.reason, problem.detail) if problem else None
-    files.append(FileTask(p, os.path.relpath(p, root), caps, problem))
+    files.append(FileTask(p, os.path.relpath(p, root), caps, problem, table.windows(key)))
   input_keys = {captions_lib.normalize(p, root) for p in inputs}
   caption_only = []  # Caption-file problems that no input file carries.
   cap_name = os.path.basename(config.captions)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import stat
 import warnings
@@ -87,11 +88,14 @@ def examples_from_file(
   captions: tuple[str, ...],
   opts: Options,
   caption_problem: tuple[str, str] | None = None,
+  windows: tuple[tuple[str, int, int], ...] = (),
 ) -> list[schema.Example]:
   """Validated examples of one media file; raises Skip when there are none.
 
   `caption_problem` (reason, detail) is raised once the file itself is known to
   be a readable media file, so that a missing file is reported as such first.
+  `windows` (text, start, end) in the video's frames become each clip's
+  `caption_windows`, mapped through the clip's start time and frame rate.
   """
   kind = kind_of(path)
   if kind is None:
@@ -109,7 +113,35 @@ def examples_from_file(
   if kind == "image":
     return [_image_example(data, source_id, captions, attributes, opts)]
   ext_format = VIDEO_EXTENSIONS[os.path.splitext(path)[1].lower()]
-  return _video_examples(data, ext_format, source_id, captions, attributes, opts)
+  examples = _video_examples(data, ext_format, source_id, captions, attributes, opts)
+  if not windows:
+    return examples
+  src_fps = float(examples[0].attributes.get("source_fps", examples[0].fps))
+  out = []
+  for e in examples:
+    clip = clip_windows(windows, src_fps, e.clip_start, e.fps, e.num_frames)
+    out.append(dataclasses.replace(e, caption_windows=(clip,) if clip else ()).validate())
+  return out
+
+
+def clip_windows(
+  windows: tuple[tuple[str, int, int], ...],
+  src_fps: float,
+  clip_start: float,
+  fps: float,
+  num_frames: int,
+) -> tuple[tuple[str, int, int], ...]:
+  """Source-frame windows as frames of a clip starting `clip_start` s in at `fps`: frame i
+  (time clip_start + i / fps) is in a window when the window's times hold it. Windows that
+  miss the clip are dropped; () when none remains."""
+  out = []
+  for text, start, end in windows:
+    t0, t1 = start / src_fps, end / src_fps
+    first = lambda t: min(max(math.ceil((t - clip_start) * fps - 1e-6), 0), num_frames)
+    i0, i1 = first(t0), first(t1)
+    if i0 < i1:
+      out.append((text, i0, i1))
+  return tuple(out)
 
 
 def _allowed() -> str:

@@ -446,3 +446,41 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
   assert "Traceback" not in result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_time_stamped_captions_follow_clips_and_frame_rates(ten_frames, tmp_path):
+  captions_file = tmp_path / "windows.jsonl"
+  row = {
+    "path": "v.mp4",
+    "caption": "ten frames",
+    "windows": [
+      {"text": "first part", "start": 0, "end": 6},
+      {"text": "second", "start": 6, "end": 10},
+    ],
+  }
+  captions_file.write_text(json.dumps(row) + "\n")
+  run(tmp_path, input=ten_frames / "in", captions=captions_file)  # Stored whole.
+  (whole,) = read_all(tmp_path / "out")["v.mp4"]
+  assert whole.caption_windows == ((("first part", 0, 6), ("second", 6, 10)),)
+  # Cut into 4-frame clips at 5 fps (clips start at 0, 0.8 s): windows in each clip's frames.
+  out = tmp_path / "cut"
+  run(
+    tmp_path,
+    input=ten_frames / "in",
+    captions=captions_file,
+    output_dir=out,
+    fps=5,
+    max_clip_frames=4,
+    split_clips=True,
+    min_clip_frames=1,
+  )
+  clips = read_all(out)["v.mp4"]
+  assert [c.num_frames for c in clips] == [4, 1]
+  # Frames at 0, .2, .4, .6 s: the first window ends at 0.6 s.
+  assert clips[0].caption_windows == ((("first part", 0, 3), ("second", 3, 4)),)
+  assert clips[1].caption_windows == ((("second", 0, 1),),)
+  # Bad windows are the row's problem: the file is skipped with the reason.
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({**row, "windows": [{"text": "x", "start": 3, "end": 2}]}) + "\n")
+  report = run(tmp_path, input=ten_frames / "in", captions=bad, output_dir=tmp_path / "bad")
+  assert report["skipped"][0]["reason"] == captions.BAD_ROW
