@@ -95,13 +95,13 @@ def test_a_loss_restricted_to_free_tokens_averages_only_them():
 
 def test_pixel_and_latent_frame_maps():
   causal = sizing.Geometry(patch=(1, 4, 4), compression=(4, 8, 8), channels=4)
-  assert [plans.latent_frame(causal, f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
-  assert [plans.token_frame(causal, f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+  assert [causal.latent_frame(f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+  assert [causal.token_frame(f) for f in range(10)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
   pairs = sizing.Geometry(patch=(2, 4, 4), compression=(4, 8, 8), channels=4)
-  assert [plans.token_frame(pairs, f) for f in range(10)] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+  assert [pairs.token_frame(f) for f in range(10)] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
   assert plans.token_frame_span(pairs, 1, 13) == range(5, 13)
   pixels = sizing.Geometry(patch=(4, 8, 8))
-  assert [plans.token_frame(pixels, f) for f in range(9)] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+  assert [pixels.token_frame(f) for f in range(9)] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
   assert plans.token_frame_span(pixels, 1, 8) == range(4, 8)
   # Extension keeps whole token frames of the clip: 7 frames -> the last 4 at pt = 4.
   clip = np.zeros((7, 8, 8, 3), np.uint8)

@@ -117,25 +117,15 @@ def split_frame(spec: str, name: str) -> tuple[str, int | None]:
 # ------------------------------------------------------------------------------
 
 
-def latent_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
-  """The latent frame holding pixel frame f (`sizing.Geometry.latent_frame`)."""
-  return geom.latent_frame(pixel_frame)
-
-
-def token_frame(geom: sizing.Geometry, pixel_frame: int) -> int:
-  """The token frame holding pixel frame f (`sizing.Geometry.token_frame`)."""
-  return geom.token_frame(pixel_frame)
-
-
 def token_frame_span(geom: sizing.Geometry, frame: int, num_frames: int) -> range:
   """The pixel frames (of an output of `num_frames`) that token frame `frame` covers."""
-  frames = [f for f in range(num_frames) if token_frame(geom, f) == frame]
+  frames = [f for f in range(num_frames) if geom.token_frame(f) == frame]
   return range(frames[0], frames[-1] + 1) if frames else range(0)
 
 
 def starts_token_frame(geom: sizing.Geometry, f: int) -> bool:
   """Whether pixel frame f is the first of its token frame."""
-  return f == 0 or token_frame(geom, f - 1) != token_frame(geom, f)
+  return f == 0 or geom.token_frame(f - 1) != geom.token_frame(f)
 
 
 def _nearest_fill(video: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -160,9 +150,9 @@ def given_frames(req, geom: sizing.Geometry):
     if g.image:
       if not 0 <= g.start < t:
         raise RequestError(f"{g.name}: frame {g.start} is outside the output's frames 0..{t - 1}")
-      span = token_frame_span(geom, token_frame(geom, g.start), t)
+      span = token_frame_span(geom, geom.token_frame(g.start), t)
       frames = np.repeat(frames[:1], len(span), axis=0)
-      images.append((token_frame(geom, g.start), frames[:1]))
+      images.append((geom.token_frame(g.start), frames[:1]))
     else:
       if g.start < 0 or g.start + len(frames) > t:
         raise RequestError(
@@ -190,7 +180,7 @@ def frame_keep(req, geom: sizing.Geometry) -> np.ndarray:
   the pixel frames that token frame covers."""
   _, _, pixel_keep, _ = given_frames(req, geom)
   t = req.num_frames
-  frames = [token_frame(geom, f) for f in range(t)]
+  frames = [geom.token_frame(f) for f in range(t)]
   token_keep = {j: min(pixel_keep[f] for f in range(t) if frames[f] == j) for j in set(frames)}
   return np.asarray([token_keep[j] for j in frames], np.float32)
 
@@ -214,7 +204,7 @@ def token_context(req, geom: sizing.Geometry, stage) -> tuple[np.ndarray, np.nda
   keep = frame_keep(req, geom)
   token_keep = np.zeros((grid[0],), np.float32)
   for f in range(t):
-    token_keep[token_frame(geom, f)] = keep[f]
+    token_keep[geom.token_frame(f)] = keep[f]
   tokens = patchify.patchify(z, geom.patch)
   coords = patchify.coordinates(grid)
   return token_keep[coords[:, 0]], tokens.astype(np.float32)
