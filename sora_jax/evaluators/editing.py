@@ -315,6 +315,6 @@ def evaluate(
     items = [(v, f"{m}: {r.prompt}") for m, r, v in zip(modes, requests, videos, strict=True)]
     media.write_png(
       os.path.join(output, "editing_contact_sheet.png"),
-      contact_sheet.contact_sheet(items[: 3 * len(all_modes)]),
+      contact_sheet.contact_sheet(items[: 2 * len(all_modes)]),  # Every mode on two clips.
     )
   return result
