@@ -182,6 +182,15 @@ def test_kept_frames_come_back_exactly_and_keep_zero_is_text_to_video(tiny_run):
   )
   want = cond.token_times(flow.shifted(jnp.full(seg.shape, 0.7), shift), rows_j["keep"])
   np.testing.assert_array_equal(s._times(rows_j, 0.7), want)
+  # An x0-predicting network (the demo's) stays finite with kept tokens at t = 0: a NaN
+  # there would spread through attention to every token of the row.
+  data_cfg = dataclasses.replace(run.flow_cfg, prediction="data")
+  s = sampling.Sampler(run.model, run.params, data_cfg, run.opts.num_segments)
+  with jax.set_mesh(run.mesh):
+    out = s(rows, steps=2, cfg_scale=2.0, method="heun", progress=False)
+  assert np.isfinite(out).all()
+  kept = rows["keep"] >= 1
+  np.testing.assert_array_equal(out[kept], rows["given"][kept])
 
 
 def test_sample_animates_an_image_and_refuses_a_bad_one_in_one_line(tiny_run, tmp_path):

@@ -228,6 +228,9 @@ def score(
     own = latent.to_uint8(stage.decode(stage.encode(pipeline.to_unit_range(canvas))))
     out["fidelity_reference"] = _psnr(own[: len(canvas)][kept], canvas[kept])
   free = video[~kept]
+  if not len(free):  # Everything given (e.g. a loop of two token frames): nothing to read.
+    out.update(color=None, motion=None)
+    return out
   want = vocab.parse_caption(req.prompt)
   got = readback.read_attributes(free)
   out["color"] = got["color"] == want["color"]

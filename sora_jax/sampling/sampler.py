@@ -138,6 +138,7 @@ def unconditional_text(segment_ids: np.ndarray, text_len: int) -> tuple[np.ndarr
   return ids, seg
 
 
+MIN_T = 1e-6  # Below every noise level of the schedule but 0 (kept tokens).
 ALL_FRAMES = sizing.ALL_FRAMES  # A caption window's end that no frame reaches.
 
 
@@ -173,17 +174,20 @@ class Sampler:
     """Velocities of several (x, t, text_ids, text_segment_ids, text_frames) passes over
     the same rows: one batched call (`batch_guidance`), or one call each."""
     coords, seg = rows["coords"], rows["segment_ids"]
+    # Kept tokens sit at t = 0, where an x0-predicting network's velocity (x - x0) / t
+    # divides by zero; MIN_T keeps it finite (its step is dt = 0), and a NaN there would
+    # otherwise reach every token of the row through attention's masked products.
+    velocity = lambda out, x, t: flow.velocity(out, x, t, self.flow_cfg, min_t=MIN_T)
     if not self.batch_guidance or len(passes) == 1:
       return [
-        flow.velocity(net(x, coords, seg, t, ids, tseg, tf), x, t, self.flow_cfg)
-        for x, t, ids, tseg, tf in passes
+        velocity(net(x, coords, seg, t, ids, tseg, tf), x, t) for x, t, ids, tseg, tf in passes
       ]
     n = len(passes)
     cat = lambda i: None if passes[0][i] is None else jnp.concatenate([p[i] for p in passes])
     x, t = cat(0), cat(1)
     rep = lambda a: jnp.concatenate([a] * n)
     out = net(x, rep(coords), rep(seg), t, cat(2), cat(3), cat(4))
-    return jnp.split(flow.velocity(out, x, t, self.flow_cfg), n, axis=0)
+    return jnp.split(velocity(out, x, t), n, axis=0)
 
   def _velocity(self, params, x, t, t_free, rows, cfg_scale, frames_scale, guided, frames_guided):
     """The guided velocity. Text guidance: v_u + g (v_c - v_u), the unconditional pass with
