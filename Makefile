@@ -37,16 +37,19 @@ test: lint
 # continues from its last checkpoint. SEED=K trains with another seed.
 SEED ?= 0
 DEMO_AIMS := color:0.95,shape:0.7,motion:0.75,background:0.95,one_object:0.9
+EDIT_CLIPS ?= 8
 demo: install
 	@test -f $(OUT)/data/manifest.json || $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data --num_examples=10000 --seed=0
 	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=128
 	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data --config.seed=$(SEED)
 	$(PY) -m sora_jax.sample --workdir=$(OUT)/run --prompts_file=experiments/demo_prompts.jsonl --output=$(OUT)/samples
 	$(PY) -m sora_jax.evaluate --workdir=$(OUT)/run --data_dir=$(OUT)/data --output=$(OUT)/eval --aims=$(DEMO_AIMS)
+	$(PY) -m sora_jax.evaluate --workdir=$(OUT)/run --data_dir=$(OUT)/data --output=$(OUT)/edits --evals=editing --num_clips=$(EDIT_CLIPS)
 	@echo
 	@echo "Demo videos: $(OUT)/samples (contact sheet: $(OUT)/samples/contact_sheet.png)"
 	@echo "Prompt following: $(OUT)/eval/eval_results.json, $(OUT)/eval/eval_contact_sheet.png"
-	@echo "Logs: $(OUT)/run/logs/train.log, $(OUT)/samples/logs, $(OUT)/eval/logs"
+	@echo "Edits, one of every mode: $(OUT)/edits/MODE.mp4 (contact sheet: $(OUT)/edits/editing_contact_sheet.png)"
+	@echo "Logs: $(OUT)/run/logs/train.log, $(OUT)/samples/logs, $(OUT)/eval/logs, $(OUT)/edits/logs"
 
 clean:
 	rm -rf $(VENV) out

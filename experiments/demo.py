@@ -4,6 +4,7 @@ make demo    (data, tokenizer, training, samples and the prompt-following evalua
 """
 
 from experiments import base
+from sora_jax.diffusion import conditioning
 
 
 def get_config(arg=None):
@@ -38,6 +39,10 @@ def get_config(arg=None):
   # Pixel patches are wider than the model: predicting the clean patch (x0) works
   # where predicting velocity gives noise-like samples; see sora_jax/diffusion/flow.py.
   c.flow.update(shift_base_tokens=32, prediction="data", min_t=0.5)
+  # Half of the examples are given clean frames (first, last, both ends, a prefix or
+  # suffix, random frames, per-frame levels): the same model animates images, extends,
+  # loops, blends and remixes (make demo writes every mode to out/demo/edits).
+  c.flow.conditioning.update(conditioning.MIXTURE)
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.999)
   c.train.update(
     # ~0.75 s per step on 2 cores (8 rows x 256 tokens, ~71 examples): ~20 minutes,

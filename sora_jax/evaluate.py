@@ -173,6 +173,12 @@ def print_editing(edits: dict) -> None:
         parts[-1] += f", {m['switch_error']:.1f} frames from the asked one"
       print(f"  {mode:<16} " + ", ".join(parts))
       continue
+    if mode == "recut":
+      parts = [f"{k} {m[k]:.0%}" for k in ("color", "motion") if k in m]
+      if "path_error" in m:
+        parts.append(f"path error {m['path_error']:.3f} of the diagonal")
+      print(f"  {mode:<16} " + ", ".join(parts))
+      continue
     parts = [f"fidelity {m['fidelity']:.1f} dB"]
     if "fidelity_reference" in m:
       parts[-1] += f" (autoencoder alone {m['fidelity_reference']:.1f} dB)"
@@ -199,6 +205,7 @@ def print_editing(edits: dict) -> None:
     print(f"  aim {name} {op} {a['aim']:g}: {'met' if a['met'] else 'NOT met'}")
   curve = plots.remix_curve(remix, os.path.join(FLAGS.output, "editing_remix.png"))
   print(f"results: {os.path.join(FLAGS.output, 'editing_results.json')}, {curve}")
+  print(f"one example of every mode: {FLAGS.output}/MODE.mp4 (given media: MODE.given-K.mp4)")
 
 
 def print_prompt_following(result: dict, aims: dict[str, float]) -> None:

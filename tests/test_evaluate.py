@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipelines import render, synthetic, tokenizer
+from data_pipelines import media, render, synthetic, tokenizer
 from experiments import dit_tiny
 from sora_jax import train
 from sora_jax.evaluators import editing, word_probe
@@ -89,6 +89,9 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
     if mode == "storyboard":  # Two windows asking for two directions, no media.
       assert 0.0 <= m["first_window"] <= 1.0 and 0.0 <= m["switch_found"] <= 1.0
       continue
+    if mode == "recut":  # The clip as a starting point: nothing kept exactly.
+      assert "fidelity" not in m and 0.0 <= m["color"] <= 1.0 and m["path_error"] >= 0.0
+      continue
     assert m["fidelity"] == editing.PSNR_EXACT, (mode, m)
     assert m["seam"] > 0 and 0.0 <= m["color"] <= 1.0
   assert edits["aims"]["animate.seam"]["met"] == (edits["modes"]["animate"]["seam"] <= 1.5)
@@ -98,6 +101,15 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert edits["remix"]["1"]["path_error"] == 0.0  # keep 1 returns the source clip
   assert os.path.exists(os.path.join(out, "editing_remix.png"))
   assert os.path.exists(os.path.join(out, "editing_contact_sheet.png"))
+  # One example of every mode as mp4 beside what it was given, which comes back in it.
+  with open(os.path.join(out, "editing_prompts.json")) as f:
+    assert set(json.load(f)) == set(editing.MODES) | {f"remix@{k:g}" for k in editing.REMIX_KEEPS}
+  animated = media.decode_video(os.path.join(out, "animate.mp4"))
+  given = media.decode_video(os.path.join(out, "animate.given-0.mp4"))
+  assert len(animated) == edits["size"][0] and len(given) == 1
+  assert np.abs(animated[0].astype(int) - given[0].astype(int)).mean() < 12  # mp4, not exact
+  assert os.path.exists(os.path.join(out, "blend.given-1.mp4"))
+  assert "recut" in r.stdout and "one example of every mode" in r.stdout
 
 
 def test_seam_ratio_is_one_on_real_motion_and_large_at_a_cut():

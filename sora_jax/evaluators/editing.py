@@ -11,6 +11,8 @@ motion), each mode is run with the clip's own caption:
                     caption with another direction on the second half
   blend             the clip (A) and the next clip (B) along 0:0,0.4:0,0.6:1,1:1, each
                     clip's caption on its half
+  recut             the clip's first half retimed to the whole length (slow motion) as a
+                    starting point at keep 0.5, under its caption
   remix@K           the clip as a starting point at keep K (0, 0.25, 0.5, 0.75, 1) under
                     its caption with another colour
 
@@ -32,6 +34,8 @@ and measured:
                (`switch_found`: how often there is one; `switch_error`: mean |k - asked|)
   blend        colour read back on the first and the last third: A's (`first_is_a`) and
                B's (`last_is_b`)
+  recut        colour and motion read back from the whole output (`color`, `motion`) and
+               how far the object's path is from the retimed clip's (`path_error`)
   remix        per keep: how often the colour is the new prompt's (`color`), and how far
                the object's path is from the source's (`path_error`: mean centroid
                distance over the frame diagonal); keep 0 should follow the prompt, keep 1
@@ -52,7 +56,8 @@ from sora_jax.evaluators import prompt_following
 from sora_jax.sampling import plans, sampler
 from sora_jax.sampling import run as run_lib
 
-MODES = ("animate", "extend_forward", "extend_backward", "loop", "storyboard", "blend")
+MODES = ("animate", "extend_forward", "extend_backward", "loop", "storyboard", "blend", "recut")
+RECUT_KEEP = 0.5
 # seam: at most; the others: at least.
 AIMS = {"seam": 1.5, "color": 0.9, "motion": 0.6, "first_window": 0.6, "second_window": 0.6}
 MOVING = ("moving left", "moving right", "moving up", "moving down")
@@ -135,6 +140,9 @@ def plan(
       prompts=((req.prompt, 0, t // 2), (b_prompt, t // 2, t)),
       context=plans.blend(clip, b, t, BLEND_CURVE),
     )
+  if mode == "recut":
+    half = clip[: max(1, (t + 1) // 2)]
+    return dataclasses.replace(req, context=plans.recut(half, t, RECUT_KEEP, None))
   if mode == "storyboard":
     first, second = storyboard_prompts(req.prompt)
     return dataclasses.replace(req, prompts=((first, 0, t // 2), (second, t // 2, t)))
@@ -200,6 +208,14 @@ def score(
       "color": readback.read_attributes(video)["color"] == vocab.parse_caption(req.prompt)["color"],
       "path_error": path_error(video, source),
     }
+  if mode == "recut":
+    want, got = vocab.parse_caption(req.prompt), readback.read_attributes(video)
+    (given,) = req.context
+    return {
+      "color": got["color"] == want["color"],
+      "motion": got["motion"] == want["motion"],
+      "path_error": path_error(video, given.frames),
+    }
   if mode == "blend":
     third = max(1, len(video) // 3)
     (a_prompt, _, _), (b_prompt, _, _) = req.prompts
@@ -252,7 +268,8 @@ def evaluate(
 ) -> dict:
   """Runs every mode on `num_clips` clips of `split`; returns {"step", "split", "size",
   "modes": {mode: {measure: mean, "n"}}, "aims": {...}, "samples": [...]}; with `output`,
-  writes editing_results.json and editing_contact_sheet.png there."""
+  writes editing_results.json, editing_contact_sheet.png and one example of every mode
+  (`write_examples`) there."""
   if size is None:
     size = next(s for s in prompt_following.training_sizes(run.cfg, run.geom) if s[0] > 1)
   clips, prompts = clips_with_captions(data_dir, split, size, num_clips)
@@ -280,7 +297,7 @@ def evaluate(
     summary[mode] = {"n": len(rows)}
     keys = ("fidelity", "fidelity_reference", "seam", "color", "motion")
     keys += ("first_window", "second_window", "switch_found", "switch_error")
-    keys += ("first_is_a", "last_is_b")
+    keys += ("first_is_a", "last_is_b", "path_error")
     for key in keys:
       vals = [float(r[key]) for r in rows if r.get(key) is not None]
       if vals:
@@ -320,4 +337,28 @@ def evaluate(
       os.path.join(output, "editing_contact_sheet.png"),
       contact_sheet.contact_sheet(items[: 2 * len(all_modes)]),  # Every mode on two clips.
     )
+    write_examples(output, modes, requests, videos, run.cfg.sample.fps)
   return result
+
+
+def write_examples(
+  output: str, modes: list[str], requests: list[sampler.Request], videos, fps: float
+) -> list[str]:
+  """One example of every mode (the first clip's) as MODE.mp4, with what it was given
+  (MODE.given-K.mp4) and its prompts in editing_prompts.json; returns the paths written."""
+  os.makedirs(output, exist_ok=True)
+  paths, prompts = [], {}
+  for mode, req, video in zip(modes, requests, videos, strict=True):
+    if mode in prompts:
+      continue
+    path = os.path.join(output, f"{mode}.mp4")
+    media.write_mp4(path, video, fps)
+    paths.append(path)
+    for k, given in enumerate(req.context):
+      given_path = os.path.join(output, f"{mode}.given-{k}.mp4")
+      media.write_mp4(given_path, given.frames, fps)
+      paths.append(given_path)
+    prompts[mode] = [list(w) for w in req.prompts] if req.prompts else req.prompt
+  with open(os.path.join(output, "editing_prompts.json"), "w") as f:
+    json.dump(prompts, f, indent=2)
+  return paths
