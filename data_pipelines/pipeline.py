@@ -65,6 +65,9 @@ class Options:
   # Use examples' time-stamped captions (schema caption_windows): each caption token then
   # carries the token-frame window it is seen from (`text_frames` in the batch).
   caption_windows: bool = False
+  # Probability of a descriptive caption (schema descriptive_captions, written by
+  # data_pipelines.recaption) instead of a short one, for examples that have them.
+  descriptive_captions: float = 0.0
   num_packing_bins: int = 16  # Rows packed at once by first fit; more = less padding.
   num_workers: int = 0  # Grain worker processes (0: decode in this process).
   worker_buffer_size: int = 2
@@ -92,6 +95,8 @@ class Options:
       )
     if not 0.0 <= self.caption_dropout <= 1.0:
       raise ValueError(f"data.caption_dropout={self.caption_dropout}; allowed [0, 1]")
+    if not 0.0 <= self.descriptive_captions <= 1.0:
+      raise ValueError(f"data.descriptive_captions={self.descriptive_captions}; allowed [0, 1]")
     if not 0.0 <= self.token_drop_rate < 1.0:
       raise ValueError(f"data.token_drop_rate={self.token_drop_rate}; allowed [0, 1)")
     if not 0.0 < self.min_token_fraction <= 1.0:
@@ -222,6 +227,10 @@ class Tokenize:
 
   def caption(self, ex: schema.Example, rng: np.random.Generator) -> str:
     caption = ex.captions[int(rng.integers(len(ex.captions)))]
+    # (No extra draw without descriptive captions: such streams stay what they were.)
+    p = self.opts.descriptive_captions
+    if ex.descriptive_captions and p > 0.0 and rng.random() < p:
+      caption = ex.descriptive_captions[int(rng.integers(len(ex.descriptive_captions)))]
     return "" if rng.random() < self.opts.caption_dropout else caption
 
   def text(

@@ -120,6 +120,9 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     detected_frames: fraction of frames in which the object was found.
     objects: median over frames of the separate blobs standing out from the
       background (each at least a tenth of the largest's area): 1 for a clean clip.
+    centers: per frame, the object's centroid (x, y) in pixels, or None where it was
+      not found; [] when no object stands out.
+    area: median over detected frames of the object's area in pixels (0 if none).
   """
   x = np.asarray(frames)
   if x.ndim == 3:
@@ -167,6 +170,8 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
     "striped": striped,
     "hole_fraction": 0.0,
     "stripe_contrast": stripe_contrast,
+    "centers": [],
+    "area": 0.0,
   }
 
   # Detection works on a 3x3 box-filtered copy, which cuts pixel noise by 3;
@@ -203,8 +208,10 @@ def read_attributes(frames: np.ndarray, still_threshold: float = 0.08) -> dict[s
   objects = [_locate(cov[i], cov_smooth[i]) for i in range(t)]
   detected = [i for i, o in enumerate(objects) if o is not None]
   out["detected_frames"] = len(detected) / t
+  out["centers"] = [None if o is None else o[0] for o in objects]
   if not detected:
     return out
+  out["area"] = float(np.median([objects[i][1] for i in detected]))
 
   # Shape and outline on up to _SHAPE_FRAMES detected frames: measure and fill
   # the object's hole, locate the filled object again, and sum each template's

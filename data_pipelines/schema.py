@@ -63,6 +63,10 @@ class Example:
       captions restricted to frames [start, end) of the clip (disjoint windows), e.g.
       an object that changes direction at frame k; training uses one when
       `data.caption_windows` is on. () for none.
+    descriptive_captions: long captions that describe the clip in detail (what, where it
+      starts and ends, how fast, what happens when), written by
+      `data_pipelines.recaption` beside the short `captions`; training picks one with
+      probability `data.descriptive_captions`. () for none.
   """
 
   media: bytes
@@ -77,6 +81,7 @@ class Example:
   attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
   latent_shape: tuple[int, ...] = ()
   caption_windows: tuple[tuple[tuple[str, int, int], ...], ...] = ()
+  descriptive_captions: tuple[str, ...] = ()
 
   @property
   def is_image(self) -> bool:
@@ -119,6 +124,8 @@ class Example:
         raise SchemaError(f"caption_windows[{i}]: windows overlap: {spans}")
       if not all(isinstance(t, str) and t for t, _, _ in caption):
         raise SchemaError(f"caption_windows[{i}]: every window needs a non-empty text")
+    if not all(isinstance(c, str) and c.strip() for c in self.descriptive_captions):
+      raise SchemaError("descriptive_captions must be non-empty strings")
     if self.media_format == "raw":
       want = self.num_frames * self.height * self.width * 3
       if len(self.media) != want:
@@ -136,6 +143,9 @@ class Example:
     d["caption_windows"] = [[[t, int(s), int(e)] for t, s, e in c] for c in self.caption_windows]
     if not self.caption_windows:  # Records without windows stay byte-identical to before.
       del d["caption_windows"]
+    d["descriptive_captions"] = list(self.descriptive_captions)
+    if not self.descriptive_captions:  # Records without them stay byte-identical to before.
+      del d["descriptive_captions"]
     d["schema_version"] = SCHEMA_VERSION
     return d
 
@@ -157,6 +167,7 @@ class Example:
         caption_windows=tuple(
           tuple((str(t), int(s), int(e)) for t, s, e in c) for c in d.get("caption_windows") or ()
         ),
+        descriptive_captions=tuple(str(c) for c in d.get("descriptive_captions") or ()),
       )
     except KeyError as e:
       raise SchemaError(f"record is missing field {e.args[0]!r}") from None

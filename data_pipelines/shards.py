@@ -95,6 +95,18 @@ def read_shard(path: str) -> Iterator[schema.Example]:
     reader.close()
 
 
+def count_records(path: str) -> int:
+  """Records in one shard, without reading them."""
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+  except (RuntimeError, OSError) as e:
+    raise DatasetError(f"{path} is not a readable ArrayRecord shard: {e}") from None
+  try:
+    return reader.num_records()
+  finally:
+    reader.close()
+
+
 # ------------------------------------------------------------------------------
 # Manifest.
 # ------------------------------------------------------------------------------

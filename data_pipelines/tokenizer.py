@@ -88,6 +88,7 @@ def iter_captions(data_dir: str, split: str = "train") -> Iterator[str]:
   for path in shards.split_files(data_dir, split):
     for example in shards.read_shard(path):
       yield from example.captions
+      yield from example.descriptive_captions
 
 
 def train(data_dir: str, vocab_size: int, split: str = "train", model_type: str = "bpe") -> str:

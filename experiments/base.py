@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Time-stamped captions (e.g. synthetic --event_fraction): caption tokens seen only
     # from their window's frames (storyboards are then in distribution).
     caption_windows=False,
+    # Probability of a descriptive caption (data_pipelines.recaption) over a short one.
+    descriptive_captions=0.0,
     num_packing_bins=32,
     num_workers=0,
     num_shards=0,  # Virtual data shards (0: one per row of the global batch); see input_pipeline.py.
