@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from data_pipelines import clips, media, pipeline, shards
@@ -104,7 +104,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   # Model, discriminator and optimizers; this process's rows of each clip batch.
   # ----------------------------------------------------------------------------
   trainer = aet.AutoencoderTrainer(cfg, mesh)
-  logging.info("autoencoder: %s parameters", f"{trainer.num_params:,}")
+  cli.say(f"autoencoder: {trainer.num_params:,} parameters")
   train_stream = clip_batches(cfg, cfg.data.split, cfg.seed, stream=True)
   eval_batches = clip_batches(cfg, cfg.data.eval_split, cfg.seed + 1)
 
@@ -122,7 +122,7 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   )
   start = mngr.latest_step()
   if start is not None:
-    logging.info("resuming from step %d in %s", start, workdir)
+    cli.say(f"resuming from step {start} in {workdir}")
     state, ema = checkpointing.restore_train(
       mngr,
       start,
@@ -154,10 +154,12 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
   num_steps = cfg.train.num_steps
   last: dict[str, float] = {}
   logged, frames, t0 = [], 0, None
+  bar = cli.progress(num_steps, initial=start, desc="train_autoencoder")
   for step in range(start + 1, num_steps + 1):
     video = next(data_iter)
     state, ema, out = trainer.step(state, ema, video)
     logged.append(out)
+    bar.update()
     if t0 is None:  # The first step compiles; time from its end.
       jax.block_until_ready(out)
       t0 = time.perf_counter()
@@ -174,20 +176,28 @@ def _train(cfg, workdir: str, preemption: Preemption) -> dict[str, float]:
         last.update(evaluate(step))
       writer.scalars(step, last)
       writer.flush()
+      postfix = {"loss": f"{last['loss']:.4f}", "psnr": f"{last['psnr']:.1f}"}
+      if "eval_psnr" in last:
+        postfix["eval_psnr"] = f"{last['eval_psnr']:.1f}"
+      bar.set_postfix(postfix, refresh=False)
     preempted = preemption.reached(step)
     if step % cfg.train.checkpoint_every == 0 or step == num_steps or preempted:
       guard.check_finite(state, mngr, step)
       checkpointing.save(mngr, step, state, ema, data_iter, config_json)
     if preempted:
-      logging.warning("preempted: saved step %d; exiting", step)
+      bar.close()
+      cli.say(f"preempted: saved step {step}; exiting (rerun the command to resume)")
       break
   else:
+    bar.close()
     stats = latent_statistics(trainer, ema, cfg, to_device)
     if is_writer:
       latent.write_stats(os.path.join(workdir, latent.STATS_FILE), stats, step=num_steps)
-      logging.info("latent statistics -> %s", os.path.join(workdir, latent.STATS_FILE))
+      cli.say(f"latent statistics: {os.path.join(workdir, latent.STATS_FILE)}")
 
   mngr.wait_until_finished()
+  if mngr.latest_step() is not None:
+    cli.say(f"checkpoint: step {mngr.latest_step()} in {checkpointing.directory(workdir)}")
   mngr.close()
   data_iter.close()
   writer.close()
@@ -210,7 +220,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit("error: --workdir is required")
   if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/autoencoder_demo.py")
+  cli.quiet()
   distributed.initialize_from_flags()
+  log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "train_autoencoder")
+  cli.say(f"sora_jax.train_autoencoder: logs in {log_file}")
   try:
     last = train(FLAGS.config, FLAGS.workdir)
   except (
