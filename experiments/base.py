@@ -176,5 +176,8 @@ def get_config() -> ml_collections.ConfigDict:
     fps=8,
     guidance_interval=(0.0, 1.0),
     frames_cfg_scale=1.0,
+    # sample --expand_prompt's expander: a sora_jax.train_expander directory or
+    # command:PROGRAM ("": none; pass --expander).
+    expander="",
   )
   return c

@@ -57,7 +57,7 @@ from absl import flags
 from data_pipelines import contact_sheet, media
 from sora_jax.core import checkpointing, cli, distributed
 from sora_jax.model_io import adapters
-from sora_jax.sampling import plans, sampler
+from sora_jax.sampling import expand, plans, sampler
 from sora_jax.sampling import run as run_lib
 
 FLAGS = flags.FLAGS
@@ -103,6 +103,18 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer("video_frames", 0, "Frames of --video to use (0: all).")
   flags.DEFINE_integer("video_stride", 1, "Take every k-th frame of --video.")
+  flags.DEFINE_bool(
+    "expand_prompt",
+    False,
+    "Expand each prompt into a descriptive caption first (--expander, or the config's "
+    "sample.expander); the expansions are printed and saved in OUTPUT/prompts.json.",
+  )
+  flags.DEFINE_string(
+    "expander",
+    None,
+    "A trained expander directory (sora_jax.train_expander) or command:PROGRAM ARGS "
+    "(sora_jax/sampling/expand.py); default: the config's sample.expander.",
+  )
   flags.DEFINE_string(
     "autoencoder",
     None,
@@ -254,6 +266,20 @@ def storyboard_requests(geom) -> tuple[list[sampler.Request], float | None]:
   return [dataclasses.replace(req, seed=sb.seed + k) for k in range(FLAGS.num_variants)], sb.fps
 
 
+def expand_prompts(run, requests: list[sampler.Request]) -> tuple[list, list[dict]]:
+  """--expand_prompt: the requests with expanded prompts, and what each became."""
+  spec = FLAGS.expander or run.cfg.sample.get("expander")
+  if not spec:
+    raise sampler.RequestError(
+      "--expand_prompt needs --expander=DIR (python -m sora_jax.train_expander) or "
+      "--expander=command:PROGRAM, or sample.expander in the run's config"
+    )
+  expanded, said = expand.expand_requests(expand.load(spec), requests, seed=FLAGS.seed)
+  for e in said[:: max(1, FLAGS.num_variants)]:
+    cli.say(f"prompt: {e['prompt']!r}\n  expanded: {e['expanded']!r}")
+  return expanded, said
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -283,6 +309,9 @@ def main(argv: Sequence[str]) -> None:
       requests, notes = plan_requests(requests, run.geom)
     for note in notes:
       cli.say(f"note: {note}")
+    asked, expansions = requests, []
+    if FLAGS.expand_prompt:
+      requests, expansions = expand_prompts(run, requests)
     videos = run_lib.generate(
       run,
       requests,
@@ -295,12 +324,18 @@ def main(argv: Sequence[str]) -> None:
     sampler.RequestError,
     checkpointing.CheckpointError,
     adapters.ExportError,
+    expand.ExpandError,
     FileNotFoundError,
   ) as e:
     sys.exit(f"error: {e}")
   paths = write_outputs(
-    FLAGS.output, requests, videos, FLAGS.fps or fps or run.cfg.sample.fps, FLAGS.num_variants
+    FLAGS.output, asked, videos, FLAGS.fps or fps or run.cfg.sample.fps, FLAGS.num_variants
   )
+  if expansions:
+    names = [os.path.basename(p) for p in paths]
+    with open(os.path.join(FLAGS.output, "prompts.json"), "w") as f:
+      json.dump([{"file": n, **e} for n, e in zip(names, expansions, strict=False)], f, indent=2)
+    paths.append(os.path.join(FLAGS.output, "prompts.json"))
   print(
     f"{len(requests)} sample(s) from step {run.step} written to {os.path.abspath(FLAGS.output)}:"
   )

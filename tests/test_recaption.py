@@ -215,3 +215,61 @@ def test_recaption_runs_in_parallel_resumes_and_feeds_training(dataset, tmp_path
   assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(
     "error: --output_dir"
   )
+
+
+@pytest.fixture(scope="module")
+def recaptioned(dataset, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("long"))
+  recaption.run(recaption.Config(data_dir=dataset, output_dir=out, num_workers=0))
+  return out
+
+
+def test_the_expander_trains_lowers_its_loss_and_expands_prompts(recaptioned, tmp_path):
+  from experiments import expander as expander_config
+  from sora_jax.sampling import expand, sampler
+  from sora_jax.training import expander as expander_training
+
+  cfg = expander_config.get_config()
+  cfg.data.update(data_dir=recaptioned, max_len=80)
+  cfg.model.update(width=64, depth=2, heads=2)
+  cfg.train.update(num_steps=120, batch_size=16, log_every=40, eval_every=120)
+  cfg.optim.update(warmup_steps=10)
+  workdir = str(tmp_path / "expander")
+  result = expander_training.train(cfg, workdir)
+  # Held-out pairs: far below the start (about log(vocab) per token).
+  assert result["eval_loss"] < 0.6 * result["eval_loss_at_start"], result
+  learned = expand.load(workdir)
+  prompts = [
+    "a green square moving left on a gray background",
+    "a red circle on a black background",
+  ]
+  once, again = learned(prompts, seed=3), learned(prompts[:1], seed=3)
+  assert once[0] == again[0]  # Prompt i draws from seed + i, whatever the batch.
+  assert all(len(e.split()) > len(p.split()) for p, e in zip(prompts, once, strict=True)), once
+  greedy = expand.Learned(workdir, temperature=0.0)
+  assert greedy(prompts[:1]) == greedy(prompts[:1])
+  # Requests keep their sizes and seeds; storyboard windows are expanded too.
+  reqs = [
+    sampler.Request(prompts[0], 8, 16, 16, seed=5, prompts=((prompts[0], 0, 4), (prompts[1], 4, 8)))
+  ]
+  (req,), (said,) = expand.expand_requests(learned, reqs, seed=3)
+  assert (req.num_frames, req.seed) == (8, 5) and req.prompt == said["expanded"] == once[0]
+  assert req.prompts[1][0] == said["windows"][1]["expanded"] != prompts[1]
+  # A team's own expander over the command protocol; a broken one fails with one line.
+  script = tmp_path / "mine.py"
+  script.write_text(
+    "import json, sys\n"
+    "print('warming up')\n"
+    "for line in sys.stdin:\n"
+    "    r = json.loads(line)\n"
+    "    print(json.dumps({'expanded': r['prompt'] + ' in detail, seed ' + str(r['seed'])}))\n"
+  )
+  mine = expand.load(f"command:{sys.executable} {script}")
+  assert mine(prompts, seed=7) == [
+    prompts[0] + " in detail, seed 7",
+    prompts[1] + " in detail, seed 8",
+  ]
+  with pytest.raises(expand.ExpandError, match="exited with status"):
+    expand.load(f"command:{sys.executable} -c 'import sys; sys.exit(4)'")(prompts)
+  with pytest.raises(expand.ExpandError, match="not a trained expander"):
+    expand.load(str(tmp_path))
