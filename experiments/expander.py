@@ -12,7 +12,7 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = dict(data_dir="out/demo_long/data", split="train", eval_split="eval", max_len=96)
+  c.data = dict(data_dir="out/demo_long/data", split="train", eval_split="eval", max_len=64)
   c.model = dict(width=128, depth=3, heads=4, mlp_ratio=4.0)
   c.optim = dict(
     lr=3e-3,

@@ -3,6 +3,18 @@ r"""Prompt following: generate from held-out captions and read colour, shape and
   python -m sora_jax.evaluate --workdir=DIR --data_dir=DATA [--split=eval] [--output=OUT]
   python -m sora_jax.evaluate --workdir=DIR --data_dir=DATA --evals=prompt_following,editing
 
+  python -m sora_jax.evaluate --workdir=DIR --data_dir=DATA --evals=prompt_following,families \
+      [--expander=EXPANDER_DIR] [--probe=DIR] [--autoencoder=AE_DIR]
+
+With --evals=families (sora_jax.evaluators.families), the prompt-following clips are
+also measured by the four families of video evaluation (alignment with readback and a
+learned probe, a Fréchet distance in the probe's features, motion by optical flow,
+temporal consistency by warping error and flicker, visual quality by patch grid,
+sharpness and an autoencoder's round trip), beside the same measures on real clips of
+the split and on real footage (OUT/families.png). With --expander, each prompt is
+expanded into a descriptive caption before generation (sora_jax.sampling.expand) and
+the speed and start position it states are scored too.
+
 With --evals=editing (sora_jax.evaluators.editing), clips of the split are
 animated from their first frame, extended forward and backward and looped, and
 the kept frames' fidelity, the seams and the continuity of colour and motion are
@@ -28,10 +40,11 @@ from absl import flags
 from data_pipelines import shards
 from sora_jax.analysis import plots
 from sora_jax.core import checkpointing, cli, distributed
-from sora_jax.evaluators import editing, prompt_following
-from sora_jax.model_io import adapters
+from sora_jax.diffusion import latent
+from sora_jax.evaluators import alignment, editing, prompt_following
+from sora_jax.model_io import adapters, small_model
+from sora_jax.sampling import expand, sampler
 from sora_jax.sampling import run as run_lib
-from sora_jax.sampling import sampler
 
 FLAGS = flags.FLAGS
 
@@ -58,8 +71,23 @@ def define_flags() -> None:
   flags.DEFINE_list(
     "evals",
     ["prompt_following"],
-    "Evaluations to run: prompt_following (text-to-video read back), editing (image "
-    "animation, extension both ways and loops: fidelity, seams, continuity).",
+    "Evaluations to run: prompt_following (text-to-video read back), families (the "
+    "four families of video evaluation on the same clips, beside real clips), editing "
+    "(image animation, extension both ways and loops: fidelity, seams, continuity).",
+  )
+  flags.DEFINE_string(
+    "expander",
+    None,
+    "Expand each prompt first: a trained expander directory (sora_jax.train_expander) or "
+    "command:PROGRAM (default: none; the config's sample.expander with --expand_prompt).",
+  )
+  flags.DEFINE_bool("expand_prompt", False, "Expand prompts with the config's sample.expander.")
+  flags.DEFINE_string("probe", alignment.DEFAULT_PROBE, "Families: the evaluation probe.")
+  flags.DEFINE_string(
+    "autoencoder",
+    None,
+    "Families: an autoencoder workdir whose round trip is measured (default: the run's own "
+    "for latent-space runs; none for pixel runs).",
   )
   flags.DEFINE_integer("num_clips", 16, "Editing: clips of the split each mode runs on.")
   flags.DEFINE_string(
@@ -107,9 +135,11 @@ def main(argv: Sequence[str]) -> None:
   cli.quiet()
   distributed.initialize_from_flags()
   cli.log_to_file(os.path.join(FLAGS.output, "logs"), "evaluate")
-  unknown = sorted(set(FLAGS.evals) - {"prompt_following", "editing"})
+  allowed = ("prompt_following", "families", "editing")
+  unknown = sorted(set(FLAGS.evals) - set(allowed))
   if unknown or not FLAGS.evals:
-    sys.exit(f"error: --evals={','.join(FLAGS.evals)}: allowed prompt_following, editing")
+    sys.exit(f"error: --evals={','.join(FLAGS.evals)}: allowed {', '.join(allowed)}")
+  families = "families" in FLAGS.evals
   try:
     aims = parse_aims(FLAGS.aims)
     sizes = parse_sizes(FLAGS.sizes) if FLAGS.sizes else None
@@ -128,7 +158,17 @@ def main(argv: Sequence[str]) -> None:
         output=FLAGS.output,
       )
     result = None
-    if "prompt_following" in FLAGS.evals:
+    spec = FLAGS.expander or (run.cfg.sample.get("expander") if FLAGS.expand_prompt else None)
+    if FLAGS.expand_prompt and not spec:
+      raise sampler.RequestError("--expand_prompt: the run's config has no sample.expander")
+    expander = expand.load(spec) if spec else None
+    probe = alignment.Probe(FLAGS.probe) if families else None
+    stage = None
+    if families and FLAGS.autoencoder:
+      stage = latent.AutoencoderStage(FLAGS.autoencoder, stats_file=None)
+    elif families and run.geom.compression != (1, 1, 1):
+      stage = run.stage
+    if "prompt_following" in FLAGS.evals or families:
       result = prompt_following.evaluate(
         run,
         FLAGS.data_dir,
@@ -140,12 +180,18 @@ def main(argv: Sequence[str]) -> None:
         seed=FLAGS.seed,
         output=FLAGS.output,
         aims=aims,
+        expander=expander,
+        families=families,
+        probe=probe,
+        stage=stage,
       )
   except (
     sampler.RequestError,
     checkpointing.CheckpointError,
     adapters.ExportError,
     shards.DatasetError,
+    expand.ExpandError,
+    small_model.SmallModelError,
     FileNotFoundError,
   ) as e:
     sys.exit(f"error: {e}")
@@ -153,6 +199,8 @@ def main(argv: Sequence[str]) -> None:
     print_editing(edits)
   if result is not None:
     print_prompt_following(result, aims)
+  if result is not None and "families" in result:
+    print_families(result["families"])
 
 
 def print_editing(edits: dict) -> None:
@@ -234,7 +282,25 @@ def print_prompt_following(result: dict, aims: dict[str, float]) -> None:
   )
   if "style" in accuracy:  # Prompts with a style phrase: is the style there in the pixels?
     print(f"  {'style':<10} {accuracy['style']:6.1%}  (n={accuracy['n_style']})")
+  for k in ("speed", "start"):  # What only an expanded prompt states.
+    if accuracy.get(k) is not None:
+      print(
+        f"  {k:<10} {accuracy[k]:6.1%}  (stated by the expanded prompt, n={accuracy['n_' + k]})"
+      )
   print(f"results: {os.path.join(FLAGS.output, 'eval_results.json')}")
+
+
+def print_families(fam: dict) -> None:
+  sets = [s for s in ("generated", "real", "footage") if s in fam]
+  print("video evaluation families: " + " | ".join(sets))
+  for panel in plots.FAMILY_PANELS:
+    values = [plots.family_value(fam[s], panel) for s in sets]
+    if values[0] is None:
+      continue
+    cells = " | ".join("n/a" if v is None else f"{v:.3g}" for v in values)
+    print(f"  {panel[2]:<34} {cells}   ({panel[3]} is better)")
+  path = plots.families_chart(fam, os.path.join(FLAGS.output, "families.png"))
+  print(f"families: {path} (real footage: {', '.join(fam['footage_files']) or 'none installed'})")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import (
+  describe,
   media,
   pipeline,
   recaption,
@@ -46,14 +47,14 @@ def _scene(**kw) -> render.Scene:
 
 def test_readback_states_a_known_trajectory():
   scene = _scene()
-  facts = recaption.read_facts(render.draw(scene), fps=8.0)
+  facts = describe.read_facts(render.draw(scene), fps=8.0)
   assert (facts.color, facts.shape, facts.background) == ("red", "square", "black")
   assert (facts.start, facts.end) == ("the top left corner", "the top right corner")
   assert (facts.motion, facts.speed, facts.turn_frame) == ("moving right", "quickly", None)
   assert facts.size == "medium-sized"  # 14 / 48 = 0.29 of the shorter side: 0.27 to 0.33
-  text = recaption.describe(facts, "synthetic/train/000001", fps=8.0)
-  assert text == recaption.describe(facts, "synthetic/train/000001", fps=8.0)  # seeded
-  said = recaption.parse_description(text)
+  text = describe.describe(facts, "synthetic/train/000001", fps=8.0)
+  assert text == describe.describe(facts, "synthetic/train/000001", fps=8.0)  # seeded
+  said = describe.parse_description(text)
   assert said == {
     "color": "red",
     "shape": "square",
@@ -65,7 +66,7 @@ def test_readback_states_a_known_trajectory():
   }, text
   # Slow, downward, from the centre to the bottom edge, on gray.
   slow = _scene(background="gray", start=(32.0, 22.0), velocity=(0.0, 0.8), motion="moving down")
-  facts = recaption.read_facts(render.draw(slow), fps=8.0)
+  facts = describe.read_facts(render.draw(slow), fps=8.0)
   assert (facts.motion, facts.speed, facts.start, facts.end) == (
     "moving down",
     "slowly",
@@ -74,17 +75,17 @@ def test_readback_states_a_known_trajectory():
   )
   # A turn at frame 8: right, then up; the sentence says when.
   turning = _scene(start=(10.0, 38.0), event=(8, "moving up", (0.0, -3.0)))
-  facts = recaption.read_facts(render.draw(turning), fps=8.0)
+  facts = describe.read_facts(render.draw(turning), fps=8.0)
   assert (facts.motion, facts.turn_motion) == ("moving right", "moving up")
   assert abs(facts.turn_frame - 8) <= 1
-  text = recaption.describe(facts, "x", fps=8.0)
+  text = describe.describe(facts, "x", fps=8.0)
   assert "upward" in text and ("second" in text or "frame" in text), text
   # Standing still and an image.
-  still = recaption.read_facts(render.draw(_scene(velocity=(0.0, 0.0))), fps=8.0)
+  still = describe.read_facts(render.draw(_scene(velocity=(0.0, 0.0))), fps=8.0)
   assert still.motion == "standing still" and still.speed is None
-  image = recaption.read_facts(render.draw(_scene(num_frames=1, motion=None)), fps=0.0)
+  image = describe.read_facts(render.draw(_scene(num_frames=1, motion=None)), fps=0.0)
   assert image.kind == "image" and image.motion is None
-  assert "second" not in recaption.describe(image, "y")
+  assert "second" not in describe.describe(image, "y")
 
 
 def _examples(n: int) -> list[schema.Example]:
@@ -181,7 +182,7 @@ def test_recaption_runs_in_parallel_resumes_and_feeds_training(dataset, tmp_path
   for path in shards.split_files(out, "train") + shards.split_files(out, "eval"):
     for ex in shards.read_shard(path):
       (long,) = ex.descriptive_captions
-      a, said = ex.attributes, recaption.parse_description(long)
+      a, said = ex.attributes, describe.parse_description(long)
       assert ex.captions[0].startswith("a ") and said["color"] == a["color"], long
       n += 1
   assert n == 32

@@ -1,5 +1,6 @@
-"""Figures (matplotlib, Agg; no jax): what `python -m sora_jax.scaling` writes, and the
-remix curve of `python -m sora_jax.evaluate --evals=editing`."""
+"""Figures (matplotlib, Agg; no jax): what `python -m sora_jax.scaling` writes, the remix
+curve of `python -m sora_jax.evaluate --evals=editing` and the summary chart of
+`--evals=families`."""
 
 from __future__ import annotations
 
@@ -174,6 +175,64 @@ def remix_curve(remix: dict[str, dict[str, Any]], path: str) -> str:
   ax.legend(lines, [ln.get_label() for ln in lines], loc="center left", fontsize=8)
   ax.set_title("Remix: the new prompt against the source")
   return _save(fig, path)
+
+
+# (family, measure, label, the better direction) of the families chart.
+FAMILY_PANELS = (
+  ("alignment", "readback_color", "colour read (readback)", "higher"),
+  ("alignment", "readback_shape", "shape read (readback)", "higher"),
+  ("alignment", "readback_motion", "motion read (readback)", "higher"),
+  ("alignment", "probe_shape", "shape read (probe)", "higher"),
+  ("alignment", "probe_motion", "motion read (probe)", "higher"),
+  ("frechet", None, "Fréchet distance (probe features)", "lower"),
+  ("motion", "moving_fraction", "clips that move", "like real"),
+  ("motion", "flow", "flow (frame sides / s)", "like real"),
+  ("consistency", "warping_error", "warping error", "lower"),
+  ("consistency", "flicker", "flicker of still clips", "lower"),
+  ("visual", "grid_ratio", "patch grid (1 = none)", "like real"),
+  ("visual", "sharpness", "sharpness", "like real"),
+)
+
+
+def families_chart(result: dict[str, Any], path: str) -> str:
+  """One panel per measure: generated clips beside real clips of the dataset and real
+  footage (sora_jax.evaluators.families)."""
+  sets = [s for s in ("generated", "real", "footage") if s in result]
+  names = {"generated": "generated", "real": "real (dataset)", "footage": "real footage"}
+  panels = [p for p in FAMILY_PANELS if family_value(result["generated"], p) is not None]
+  cols = 4
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False)
+  for ax, panel in zip(axes.ravel(), panels, strict=False):
+    values = [family_value(result[s], panel) for s in sets]
+    ax.bar(
+      range(len(sets)),
+      [np.nan if v is None else v for v in values],
+      color=[f"C{i}" for i in range(len(sets))],
+    )
+    for i, v in enumerate(values):
+      ax.text(
+        i,
+        0 if v is None else v,
+        "n/a" if v is None else f"{v:.3g}",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+      )
+    ax.set_xticks(range(len(sets)), [names[s] for s in sets], fontsize=7)
+    ax.set_title(f"{panel[2]}\n({panel[3]} is better)", fontsize=8)
+  for ax in axes.ravel()[len(panels) :]:
+    ax.axis("off")
+  fig.suptitle("Video evaluation: generated against real", fontsize=10)
+  return _save(fig, path)
+
+
+def family_value(measures: dict[str, Any], panel) -> float | None:
+  family, key, _, _ = panel
+  value = measures.get(family)
+  if key is not None:
+    value = value.get(key) if isinstance(value, dict) else None
+  return None if value is None else float(value)
 
 
 def write_all(results: Sequence[dict], fit: dict[str, Any], out: str) -> list[str]:

@@ -17,10 +17,21 @@ import os
 
 import numpy as np
 
-from data_pipelines import contact_sheet, media, pipeline, readback, shards, sizing, vocab
+from data_pipelines import (
+  contact_sheet,
+  describe,
+  media,
+  pipeline,
+  readback,
+  shards,
+  sizing,
+  vocab,
+)
 from sora_jax.diffusion import latent
+from sora_jax.evaluators import alignment
+from sora_jax.evaluators import families as families_lib
+from sora_jax.sampling import expand, sampler
 from sora_jax.sampling import run as run_lib
-from sora_jax.sampling import sampler
 
 CHANCE = {
   "color": 1 / len(vocab.COLORS),
@@ -129,6 +140,10 @@ def evaluate(
   seed: int = 0,
   output: str | None = None,
   aims: dict[str, float] | None = None,
+  expander=None,
+  families: bool = False,
+  probe=None,
+  stage=None,
 ) -> dict:
   """Generates the split's held-out prompts and reads them back.
 
@@ -137,14 +152,41 @@ def evaluate(
   ["aims": {attribute: {"aim", "met"}} when `aims` is given,]
   "samples": [per prompt: prompt, size, what was read, hits]}; with `output`,
   also writes eval_results.json and eval_contact_sheet.png there.
+
+  With `expander` (sora_jax.sampling.expand), each prompt is expanded into a descriptive
+  caption before generation and scored against the short prompt; the attributes only the
+  expansion states (speed, start position: data_pipelines.recaption) are scored too, as
+  `speed` and `start`. With `families`, the four families of video evaluation
+  (sora_jax.evaluators.families) on the generated clips, real clips of the split and real
+  footage: result["families"] (`python -m sora_jax.evaluate` draws families.png). `probe`: an
+  alignment.Probe (default: the shipped one); `stage`: an autoencoder for its round trip.
   """
   prompts = eval_prompts(data_dir, split, num_prompts)
   if not prompts:
     raise sampler.RequestError(f"split {split!r} of {data_dir} has no captions")
   requests = requests_for(prompts, sizes or training_sizes(run.cfg, run.geom), seed)
-  videos = run_lib.generate(run, requests, steps=steps, cfg_scale=cfg_scale)
+  generate_from, said = requests, []
+  if expander is not None:
+    generate_from, said = expand.expand_requests(expander, requests, seed=seed)
+  videos = run_lib.generate(run, generate_from, steps=steps, cfg_scale=cfg_scale)
   period = run.geom.align[1]  # The patch side in pixels.
   accuracy, rows = score_all(requests, videos, period)
+  fps = float(run.cfg.sample.fps)
+  if said:
+    extra = {"speed": [], "start": []}
+    for row, e, video in zip(rows, said, videos, strict=True):
+      row["expanded"] = e["expanded"]
+      stated = describe.parse_description(e["expanded"])
+      facts = describe.read_facts(video, fps)
+      row["stated"] = {k: stated[k] for k in extra}
+      row["read_facts"] = {"speed": facts.speed, "start": facts.start}
+      if stated["speed"] and len(video) > 1:
+        extra["speed"].append(facts.speed == stated["speed"])
+      if stated["start"]:
+        extra["start"].append(facts.start == stated["start"])
+    for k, v in extra.items():
+      accuracy[k] = float(np.mean(v)) if v else None
+      accuracy[f"n_{k}"] = len(v)
   # The same measures on real clips of the split at the same sizes: the reference.
   real, _ = score_all(requests, real_clips(data_dir, split, requests), period)
   reference = {k: real[k] for k in ("one_object", "grid_ratio")}
@@ -153,6 +195,20 @@ def evaluate(
     result["aims"] = {
       k: {"aim": a, "met": bool(accuracy.get(k, 0.0) >= a)} for k, a in sorted(aims.items())
     }
+  if families:
+    real, real_prompts = families_lib.real_clips(data_dir, split, requests)
+    result["families"] = families_lib.evaluate(
+      videos,
+      prompts,
+      real,
+      real_prompts,
+      fps=fps,
+      period=period,
+      probe=probe if probe is not None else alignment.Probe(),
+      stage=stage,
+      asked_speeds=families_lib.asked_speeds([e["expanded"] for e in said]) if said else None,
+      footage=families_lib.footage_clips([(r.num_frames, r.height, r.width) for r in requests]),
+    )
   result = _json_safe({**result, "samples": rows})
   if output:
     os.makedirs(output, exist_ok=True)
@@ -165,4 +221,5 @@ def evaluate(
     media.write_png(
       os.path.join(output, "eval_contact_sheet.png"), contact_sheet.contact_sheet(items)
     )
+
   return result
