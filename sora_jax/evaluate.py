@@ -232,6 +232,8 @@ def print_editing(edits: dict) -> None:
       parts[-1] += f" (autoencoder alone {m['fidelity_reference']:.1f} dB)"
     if "seam" in m:
       parts.append(f"seam {m['seam']:.2f}x")
+      if "seam_baseline" in m:
+        parts[-1] += f" (text-to-video at the same frames {m['seam_baseline']:.2f}x)"
     for k in ("color", "motion"):
       if k in m and mode != "loop":
         parts.append(f"{k} {m[k]:.0%}")

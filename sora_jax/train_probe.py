@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flags.DEFINE_string("data_dir", None, "The built-in dataset (train and eval splits).")
   flags.DEFINE_string("output", alignment.DEFAULT_PROBE, "Where the probe directory goes.")
-  flags.DEFINE_integer("steps", 600, "Training steps.")
+  flags.DEFINE_integer("steps", 1000, "Training steps.")
   flags.DEFINE_integer("batch_size", 64, "Clips per step.")
   flags.DEFINE_float("lr", 2e-3, "Peak learning rate.")
   flags.DEFINE_integer("seed", 0, "Seed of the windows, the batches and the initialization.")

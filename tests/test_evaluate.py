@@ -44,6 +44,13 @@ def run(tmp_path_factory):
 def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   workdir, data = run
   out = str(tmp_path / "eval")
+  expander = tmp_path / "expander.py"  # A team's own expander, over the command protocol.
+  expander.write_text(
+    "import json, sys\n"
+    "for line in sys.stdin:\n"
+    "    p = json.loads(line)['prompt']\n"
+    "    print(json.dumps({'expanded': p + '. It moves quickly, starting near the centre.'}))\n"
+  )
   r = subprocess.run(
     [
       sys.executable,
@@ -55,8 +62,9 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
       "--num_prompts=6",
       "--steps=2",
       "--aims=color:0.95,one_object:0.0",
-      "--evals=prompt_following,editing",
+      "--evals=prompt_following,editing,families",
       "--num_clips=2",
+      f"--expander=command:{sys.executable} {expander}",
     ],
     cwd=REPO,
     capture_output=True,
@@ -77,6 +85,17 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert "  color " in r.stdout and "aim 95%" in r.stdout and "patch grid" in r.stdout, r.stdout
   assert os.path.exists(os.path.join(out, "eval_contact_sheet.png"))
   assert os.path.exists(os.path.join(out, "logs", "evaluate.log"))
+  # Expanded prompts generate; the short prompt scores; what only the expansion states too.
+  assert results["samples"][0]["expanded"].endswith("starting near the centre.")
+  assert acc["n_start"] == 6 and 0.0 <= acc["start"] <= 1.0 and "stated by the expanded" in r.stdout
+  # The four families, beside real clips of the split and real footage.
+  fam = results["families"]
+  assert set(fam) == {"generated", "real", "footage", "footage_files"}
+  assert fam["real"]["alignment"]["readback_color"] == 1.0
+  assert fam["real"]["frechet"] < fam["generated"]["frechet"]  # 4 steps of training
+  assert fam["generated"]["motion"]["n_speed"] > 0  # the expansion asked for a speed
+  assert fam["footage"]["consistency"]["warping_error"] is not None
+  assert os.path.exists(os.path.join(out, "families.png")) and "Fréchet distance" in r.stdout
   # Editing: every mode on 2 clips; pixel space keeps the given frames exactly.
   with open(os.path.join(out, "editing_results.json")) as f:
     edits = json.load(f)
@@ -93,7 +112,7 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
       assert "fidelity" not in m and 0.0 <= m["color"] <= 1.0 and m["path_error"] >= 0.0
       continue
     assert m["fidelity"] == editing.PSNR_EXACT, (mode, m)
-    assert m["seam"] > 0 and 0.0 <= m["color"] <= 1.0
+    assert m["seam"] > 0 and m["seam_baseline"] > 0 and 0.0 <= m["color"] <= 1.0
   assert edits["aims"]["animate.seam"]["met"] == (edits["modes"]["animate"]["seam"] <= 1.5)
   assert "editing at step 4 on 2 clips" in r.stdout and "extend_backward" in r.stdout
   assert "second window motion" in r.stdout and "first third reads as A" in r.stdout
@@ -110,6 +129,7 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert np.abs(animated[0].astype(int) - given[0].astype(int)).mean() < 12  # mp4, not exact
   assert os.path.exists(os.path.join(out, "blend.given-1.mp4"))
   assert "recut" in r.stdout and "one example of every mode" in r.stdout
+  assert "text-to-video at the same frames" in r.stdout
 
 
 def test_seam_ratio_is_one_on_real_motion_and_large_at_a_cut():

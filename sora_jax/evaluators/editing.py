@@ -24,7 +24,9 @@ and measured:
   seam         the mean absolute frame difference across each given/generated
                boundary (and, for loops, from the last frame to the first) over the
                median adjacent-frame difference inside the generated part; 1 = as
-               smooth as the generated motion itself (aim <= 1.5)
+               smooth as the generated motion itself (aim <= 1.5); `seam_baseline`:
+               the same measure at the same frames of plain text-to-video of the
+               prompt (what the model's patches in time leave without any edit)
   continuity   colour and motion read back (data_pipelines.readback) from the
                generated frames alone, against the caption, which agrees with the
                given frames (aims: colour >= 90%, motion >= 60%)
@@ -278,7 +280,7 @@ def evaluate(
       f"split {split!r} of {data_dir} has no moving clips of at least {size[0]} frames"
     )
   base = [sampler.Request(p, *size, seed=seed + i) for i, p in enumerate(prompts)]
-  requests, modes, sources = [], [], []
+  requests, modes, sources, clip_of = [], [], [], []
   all_modes = MODES + tuple(f"remix@{k:g}" for k in REMIX_KEEPS)
   for i, (req, clip) in enumerate(zip(base, clips, strict=True)):
     other = (clips[(i + 1) % len(clips)], prompts[(i + 1) % len(clips)])
@@ -286,22 +288,31 @@ def evaluate(
       requests.append(plan(mode, req, clip, run.geom, other))
       modes.append(mode)
       sources.append(clip)
-  videos = run_lib.generate(run, requests, steps=steps, cfg_scale=cfg_scale)
+      clip_of.append(i)
+  # Plain text-to-video of each clip's prompt: the seam measure at the same frames of a
+  # clip with nothing given is the baseline (patches of several frames leave a step in
+  # time at their boundaries whatever was given).
+  videos = run_lib.generate(run, requests + base, steps=steps, cfg_scale=cfg_scale)
+  videos, plain = videos[: len(requests)], videos[len(requests) :]
   samples = []
-  for mode, req, video, src in zip(modes, requests, videos, sources, strict=True):
+  for mode, req, video, src, i in zip(modes, requests, videos, sources, clip_of, strict=True):
     m = score(mode, req, video, run.geom, run.stage, src)
+    if m.get("seam") is not None:
+      kept = plans.frame_keep(req, run.geom) >= 1.0
+      m["seam_baseline"] = seam_ratio(plain[i], kept, mode == "loop")
     samples.append({"mode": mode, "prompt": req.prompt, **m})
   summary = {}
   for mode in MODES:
     rows = [s for s in samples if s["mode"] == mode]
     summary[mode] = {"n": len(rows)}
-    keys = ("fidelity", "fidelity_reference", "seam", "color", "motion")
+    keys = ("fidelity", "fidelity_reference", "seam", "seam_baseline", "color", "motion")
     keys += ("first_window", "second_window", "switch_found", "switch_error")
     keys += ("first_is_a", "last_is_b", "path_error")
     for key in keys:
       vals = [float(r[key]) for r in rows if r.get(key) is not None]
       if vals:
-        summary[mode][key] = float(np.median(vals) if key == "seam" else np.mean(vals))
+        median = key.startswith("seam")
+        summary[mode][key] = float(np.median(vals) if median else np.mean(vals))
   remix = {}
   for k in REMIX_KEEPS:
     rows = [s for s in samples if s["mode"] == f"remix@{k:g}"]

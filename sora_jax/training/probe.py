@@ -1,6 +1,6 @@
 """Training the evaluation probe (sora_jax.models.probe) on the built-in dataset.
 
-Each record of a split becomes one example: a window of the clip (a random stride of 1
+Each record becomes one example: a window of the clip (a random stride of 1
 to `max_stride` frames, so the probe sees the speeds generated clips move at) resampled
 to the probe's frames and size, with its caption's attributes as labels (images: no
 motion label). The examples are made once, in memory; steps draw seeded batches.
@@ -51,6 +51,10 @@ def examples(
   return np.stack(clips), {k: np.asarray(v, np.int32) for k, v in labels.items()}
 
 
+def splits(data_dir: str) -> list[str]:
+  return sorted(shards.read_manifest(data_dir)["splits"])
+
+
 def loss_fn(model: probe.VideoProbe, clips, labels) -> tuple[jax.Array, dict[str, jax.Array]]:
   _, logits = model(clips)
   total, acc = 0.0, {}
@@ -73,10 +77,19 @@ def train(
   seed: int = 0,
   progress: Callable[[int, dict[str, float]], None] = lambda step, m: None,
 ) -> tuple[probe.VideoProbe, dict[str, Any]]:
-  """Trains on the train split; returns the probe and its accuracies on the eval split."""
+  """Trains on the records of every split but a random tenth, on which it reports its
+  accuracy. (Every split: the eval split holds (colour, shape) pairs the train split never
+  shows, and a probe trained without them learns to read shape from colour: 3% shape
+  accuracy on held-out pairs.)"""
   start = time.perf_counter()
-  clips, labels = examples(data_dir, "train", cfg, seed)
-  eval_clips, eval_labels = examples(data_dir, "eval", cfg, seed + 1)
+  parts = [examples(data_dir, split, cfg, seed + i) for i, split in enumerate(splits(data_dir))]
+  all_clips = np.concatenate([c for c, _ in parts])
+  all_labels = {k: np.concatenate([lab[k] for _, lab in parts]) for k in probe.HEADS}
+  order = np.random.default_rng(seed).permutation(len(all_clips))
+  held = order[: max(1, len(order) // 10)]
+  kept = order[len(held) :]
+  clips, labels = all_clips[kept], {k: v[kept] for k, v in all_labels.items()}
+  eval_clips, eval_labels = all_clips[held], {k: v[held] for k, v in all_labels.items()}
   model = probe.VideoProbe(cfg, rngs=nnx.Rngs(seed))
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 10), steps, lr * 0.05)
   opt = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
