@@ -1,5 +1,6 @@
 """Sampling from a trained checkpoint: shapes, packing independence, outputs, and bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -116,6 +117,35 @@ def test_sample_binary_writes_videos_images_and_a_contact_sheet(workdir, tmp_pat
   assert Image.open(out / "002_a_blue_square_v0.png").size == (16, 32)
   assert Image.open(out / "contact_sheet.png").size[0] > 100
   assert str(out) in r.stdout
+
+
+def test_sample_expands_prompts_prints_and_saves_them(workdir, tmp_path):
+  script = tmp_path / "expander.py"  # A team's own expander, over the command protocol.
+  script.write_text(
+    "import json, sys\n"
+    "for line in sys.stdin:\n"
+    "    print(json.dumps({'expanded': json.loads(line)['prompt'] + ' moving slowly'}))\n"
+  )
+  out = tmp_path / "out"
+  args = ["--prompt=a red square", "--width=16", "--height=16", "--num_frames=3", "--steps=1"]
+  r = _run(
+    _sample_cmd(
+      workdir, out, *args, "--expand_prompt", f"--expander=command:{sys.executable} {script}"
+    )
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "expanded: 'a red square moving slowly'" in r.stdout, r.stdout
+  with open(out / "prompts.json") as f:
+    (entry,) = json.load(f)
+  assert entry == {
+    "file": "000_a_red_square.mp4",  # named by what was asked
+    "prompt": "a red square",
+    "expanded": "a red square moving slowly",
+  }
+  r = _run(_sample_cmd(workdir, tmp_path / "o2", *args, "--expand_prompt"))
+  assert (
+    r.returncode != 0 and "--expand_prompt needs --expander" in r.stderr.strip().splitlines()[-1]
+  )
 
 
 @pytest.mark.parametrize(
