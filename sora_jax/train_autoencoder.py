@@ -214,12 +214,7 @@ def latent_statistics(trainer, params, cfg, to_device) -> dict:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not FLAGS.workdir:
-    sys.exit("error: --workdir is required")
-  if FLAGS.config is None:
-    sys.exit("error: --config is required, e.g. --config=experiments/autoencoder_demo.py")
+  cli.require(argv, workdir="", config=", e.g. --config=experiments/autoencoder_demo.py")
   cli.quiet()
   distributed.initialize_from_flags()
   log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "train_autoencoder")

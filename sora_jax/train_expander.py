@@ -37,12 +37,7 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not FLAGS.workdir:
-    sys.exit("error: --workdir is required")
-  if FLAGS.config is None:
-    sys.exit("error: --config is required, e.g. --config=experiments/expander.py")
+  cli.require(argv, workdir="", config=", e.g. --config=experiments/expander.py")
   cli.quiet()
   log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "train_expander")
   cli.say(f"sora_jax.train_expander: logs in {log_file}")

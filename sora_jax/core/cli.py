@@ -89,6 +89,17 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(main, flags_parser=parse_flags)
 
 
+def require(argv: Sequence[str], **flags_and_hints: str) -> None:
+  """Exits with one line on positional arguments, or on a flag of `flags_and_hints` left
+  unset (its hint follows "is required", e.g. ", e.g. --config=experiments/demo.py")."""
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {list(argv[1:])}")
+  for name, hint in flags_and_hints.items():
+    value = FLAGS[name].value
+    if value is None or (isinstance(value, str) and not value):
+      sys.exit(f"error: --{name} is required{hint}")
+
+
 def verbose() -> bool:
   """Whether the user asked for library logs on the terminal."""
   return any(
