@@ -512,6 +512,14 @@ def main(argv: Sequence[str]) -> None:
     vocab_size=FLAGS.vocab_size,
   )
   try:
+    if (
+      config.captioner == "readback"
+      and shards.read_manifest(config.data_dir).get("name") != "synthetic"
+    ):
+      print(
+        "note: --captioner=readback describes the built-in domain (one flat object on a flat "
+        "background); for other footage use --captioner=command with your captioner"
+      )
     report = run(config)
   except (ValueError, shards.DatasetError) as e:
     sys.exit(f"error: {e}")

