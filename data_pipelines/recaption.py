@@ -69,9 +69,10 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from data_pipelines import describe, media, schema, shards, tokenizer
+from data_pipelines import describe, media, pipeline, schema, shards, tokenizer
 
 PARTS = ".recaption_parts"
+MAX_SIDE = 128  # The readback captioner reads larger frames at this size (the built-in data's).
 REPORT = "recaption_report.json"
 CAPTIONERS = ("readback", "command")
 
@@ -95,6 +96,10 @@ class Readback:
       except Exception as e:  # A record whose media cannot be decoded costs that record.
         out.append(CaptionError(f"media: {type(e).__name__}: {e}"))
         continue
+      side = max(frames.shape[1:3])
+      if side > MAX_SIDE:  # Facts are relative to the frame; large footage reads as fast small.
+        h, w = (max(2, round(d * MAX_SIDE / side)) for d in frames.shape[1:3])
+        frames = pipeline.resize_frames(frames, h, w)
       out.append(describe.describe(describe.read_facts(frames, ex.fps), ex.source_id, ex.fps))
     return out
 
