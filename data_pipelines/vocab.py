@@ -140,3 +140,11 @@ def parse_caption(text: str) -> dict[str, str | None]:
   out = m.groupdict()
   out["style"] = _STYLE_OF_PHRASE.get(out["style"])
   return out
+
+
+def try_parse_caption(text: str) -> dict[str, str | None] | None:
+  """`parse_caption`, or None for a caption outside the built-in vocabulary (free text)."""
+  try:
+    return parse_caption(text)
+  except ValueError:
+    return None

@@ -274,10 +274,11 @@ def print_prompt_following(result: dict, aims: dict[str, float]) -> None:
         f"  {k:<10} {accuracy[k]:6.1%}  (chance {chance:.0%}, n={accuracy['n_' + k]})" + aim_text(k)
       )
   real = result["real"]
-  print(
-    f"  {'one object':<10} {accuracy['one_object']:6.1%}  (real clips {real['one_object']:.0%})"
-    + aim_text("one_object")
-  )
+  if "one_object" in accuracy:  # Prompts of the built-in vocabulary only.
+    print(
+      f"  {'one object':<10} {accuracy['one_object']:6.1%}  (real clips {real['one_object']:.0%})"
+      + aim_text("one_object")
+    )
   print(
     f"  {'patch grid':<10} {accuracy['grid_ratio']:6.2f}x (real clips {real['grid_ratio']:.2f}x; "
     "1 = no grid)"

@@ -72,10 +72,12 @@ class Probe:
 def evaluate(videos, prompts: list[str], probe: Probe | None) -> dict:
   """Per attribute, the fraction of clips read as their prompt asks, by readback and (given
   a probe) by the probe; images are not asked for motion."""
-  wants = [vocab.parse_caption(p) for p in prompts]
+  wants = [vocab.try_parse_caption(p) for p in prompts]  # None: free text, not scored
   keys = ("color", "shape", "motion", "background")
   hits: dict[str, list[bool]] = {f"readback_{k}": [] for k in keys}
-  for v, p in zip(videos, prompts, strict=True):
+  for v, p, want in zip(videos, prompts, wants, strict=True):
+    if want is None:
+      continue
     for k, ok in readback.score(v, p).items():
       if k in keys:
         hits[f"readback_{k}"].append(bool(ok))
@@ -84,6 +86,7 @@ def evaluate(videos, prompts: list[str], probe: Probe | None) -> dict:
       hits[f"probe_{k}"] = []
     for got, want, v in zip(probe.read(videos), wants, videos, strict=True):
       for k in keys:
-        if want.get(k) and not (k == "motion" and len(v) == 1):
+        if want and want.get(k) and not (k == "motion" and len(v) == 1):
           hits[f"probe_{k}"].append(got[k] == want[k])
-  return {k: float(np.mean(v)) if v else None for k, v in hits.items()} | {"n": len(videos)}
+  scored = sum(w is not None for w in wants)
+  return {k: float(np.mean(v)) if v else None for k, v in hits.items()} | {"n": scored}

@@ -84,8 +84,10 @@ def clips_with_captions(
   for path in shards.split_files(data_dir, split):
     for ex in shards.read_shard(path):
       caption = ex.captions[0]
-      parsed = vocab.parse_caption(caption)
-      if ex.num_frames < t or parsed["motion"] not in MOVING or caption in prompts:
+      parsed = vocab.try_parse_caption(caption)  # Free text (ingested data): not readable.
+      if (
+        parsed is None or ex.num_frames < t or parsed["motion"] not in MOVING or caption in prompts
+      ):
         continue
       frames = media.decode(ex)
       k = max(1, min(stride, (len(frames) - 1) // max(t - 1, 1)))

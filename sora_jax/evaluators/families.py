@@ -104,7 +104,8 @@ def measure(
   """Every family on one set of clips; `prompts` None: no captions (footage);
   `reference`: probe features of real clips for the Fréchet distance."""
   flows = [motion_quality.flows(v) for v in videos]
-  still = [bool(p) and vocab.parse_caption(p)["motion"] == vocab.STILL for p in prompts or []]
+  parsed = [vocab.try_parse_caption(p) if p else None for p in prompts or []]
+  still = [bool(w) and w["motion"] == vocab.STILL for w in parsed]
   out = {
     "motion": motion_quality.evaluate(videos, fps, asked_speeds, flows),
     "consistency": temporal_consistency.evaluate(videos, still or [False] * len(videos), flows),
