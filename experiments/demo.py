@@ -54,9 +54,10 @@ def get_config(arg=None):
     checkpoint_every=400,
     keep_checkpoints=2,
     # The safety net for make demo's 30 minutes: on a machine at half this one's speed
-    # (1.6-1.8 s per step) training stops near step 850 and the demo still ends in time,
-    # with a weaker model (docs/performance.md, "The demo's budget").
-    time_limit_minutes=24.0,
+    # (1.6-1.8 s per step) training stops near step 750 and the demo, with its editing
+    # examples (~3-5 min there), still ends in time, with a weaker model
+    # (docs/performance.md, "The demo's budget" and "Editing").
+    time_limit_minutes=21.0,
   )
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   # Guidance 4.5: motion 67.5% on two seeds of the eval split, 57.5-60% at 3.
