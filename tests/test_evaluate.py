@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ingest_footage  # noqa: E402
 
 from data_pipelines import media, render, synthetic, tokenizer
 from experiments import dit_tiny
@@ -155,23 +156,8 @@ def test_word_probe_compares_true_and_swapped_words(run):
 
 def test_evaluate_on_ingested_real_footage_measures_what_free_text_allows(run, tmp_path):
   """Captions outside the built-in vocabulary: nothing to read back, the rest is measured."""
-  from data_pipelines import ingest
-  from sora_jax.evaluators import families
-
   workdir, _ = run
-  (footage,) = [f for f in families.footage_files() if f.endswith("carphone_pristine.mp4")]
-  (tmp_path / "in").mkdir()
-  os.symlink(footage, tmp_path / "in" / "carphone.mp4")
-  (tmp_path / "captions.csv").write_text("path,caption\ncarphone.mp4,a man on a car phone\n")
-  data = str(tmp_path / "data")
-  ingest.run(
-    ingest.Config(
-      input=str(tmp_path / "in"),
-      captions=str(tmp_path / "captions.csv"),
-      output_dir=data,
-      num_workers=0,
-    )
-  )
+  data = ingest_footage(tmp_path)
   out = str(tmp_path / "eval")
   r = subprocess.run(
     [

