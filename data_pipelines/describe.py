@@ -66,6 +66,11 @@ class Facts:
   turn_speed: str | None = None
 
 
+def speed_word(per_second: float) -> str:
+  """The SPEED_WORDS word for a speed in frame sides per second."""
+  return _word(per_second, SPEED_WORDS)
+
+
 def _word(value: float, table) -> str:
   return next(word for limit, word in table if value < limit)
 
@@ -92,7 +97,7 @@ def _segment(track: np.ndarray, times: np.ndarray, width: int, height: int, fps:
   else:
     motion = "moving down" if dy > 0 else "moving up"
   per_second = math.hypot(coef[1][0] / width, coef[1][1] / height) * fps
-  return motion, _word(per_second, SPEED_WORDS), sse
+  return motion, speed_word(per_second), sse
 
 
 def read_facts(frames: np.ndarray, fps: float) -> Facts:

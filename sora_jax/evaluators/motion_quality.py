@@ -52,7 +52,7 @@ def clip_motion(video: np.ndarray, fps: float, flow: np.ndarray | None = None) -
   return {
     "moves": True,
     "flow": per_second,
-    "speed": describe._word(per_second, describe.SPEED_WORDS),
+    "speed": describe.speed_word(per_second),
   }
 
 
