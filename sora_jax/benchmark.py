@@ -21,7 +21,7 @@ unconditional passes batched against run as two calls.
 Attention backends on the same data (one full run each, ratios to the first):
 
   python -m sora_jax.benchmark --config=experiments/long_rows_cpu.py \
-      --attention_backends=xla,block_sparse
+      --attention_backends=xla,segments,block_sparse
 
 The input pipeline alone (packing efficiency and throughput, as
 `data_pipelines.benchmark` measures it, for pixel or latent configs):
@@ -68,6 +68,7 @@ from sora_jax.models import (
   attention,
   attention_block_sparse,
   attention_pallas_gpu,
+  attention_segments,
   attention_splash,
   dit,
 )
@@ -93,7 +94,7 @@ def define_flags() -> None:
   flags.DEFINE_list(
     "attention_backends",
     [],
-    "Run the whole benchmark once per attention backend (e.g. xla,block_sparse) on the same "
+    "Run the whole benchmark once per attention backend (e.g. xla,segments) on the same "
     "batches and print the packed tokens/s ratios.",
   )
   flags.DEFINE_integer("synthetic_examples", 2000, "Size of the generated dataset.")
@@ -264,7 +265,8 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
   useful: same-segment (query, key) pairs. The dense backends (xla, cudnn, and the
   pallas_gpu and splash_tpu kernels, which mask by segment ids inside every block
   but visit all blocks) compute the whole padded row; block_sparse computes the
-  block pairs whose segments meet (attention_block_sparse.waste).
+  block pairs whose segments meet (attention_block_sparse.waste); segments computes
+  one max_len slot per example the packing allows (attention_segments.waste).
   """
   seg = np.concatenate([np.asarray(b["segment_ids"]) for b in batches])
   rows, length = seg.shape
@@ -279,6 +281,11 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
     out[f"attention_waste_{name}"] = 1.0 - useful / (rows * padded_len * padded_len)
   out[f"attention_waste_block_sparse@{w['block']}"] = w["waste"]
   out["attention_block_sparse_bound_fraction"] = w["bound_fraction_of_dense"]
+  if packing is not None:
+    slots = attention_segments.waste(seg, packing)
+    out["attention_waste_segments"] = slots["waste"]
+    out["attention_segments_fraction_of_dense"] = slots["computed_fraction_of_dense"]
+    out["attention_segments_broken_rows"] = slots["broken_rows"]
   return out
 
 

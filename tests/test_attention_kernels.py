@@ -151,13 +151,93 @@ def test_block_sparse_waste_is_measured_against_useful_pairs():
   assert bs.waste(seg, 16)["waste"] > 0.0
 
 
+# segments --------------------------------------------------------------------
+
+
+def _seg(q, k, v, q_seg, kv_seg, packing=PACKED, **kw):
+  return attention.attention(q, k, v, q_seg, kv_seg, backend="segments", packing=packing, **kw)
+
+
+@pytest.mark.parametrize("h,hkv,length", [(2, 2, 160), (4, 1, 160), (2, 2, 37)])
+def test_segments_match_reference_values_and_gradients(h, hkv, length):
+  q, k, v, seg = _packed(np.random.default_rng(40), h=h, hkv=hkv, length=length)
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  got = _seg(q, k, v, seg, seg)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+  np.testing.assert_array_equal(np.asarray(got)[np.asarray(seg) == 0], 0.0)
+  # Two arrays with the same ids (not one object) take the general path: the same result.
+  np.testing.assert_allclose(np.asarray(_seg(q, k, v, seg, seg + 0)), np.asarray(want), **TOL)
+  for g, r in zip(
+    jax.grad(lambda *a: jnp.sum(jnp.sin(_seg(*a, seg, seg))), (0, 1, 2))(q, k, v),
+    _grads("xla", q, k, v, seg, seg),
+  ):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+def test_segments_many_short_examples_with_an_extra_mask_under_jit():
+  rng = np.random.default_rng(41)
+  q, k, v = _qkv(rng, 2, 96, 96, 2, 2, 8)
+  seg = np.zeros((2, 96), np.int32)
+  for r in range(2):
+    pos, sid = int(r), 1  # Row 1 starts with a padding token.
+    while pos < 90:
+      n = int(rng.integers(1, 9))
+      seg[r, pos : min(pos + n, 90)], pos, sid = sid, pos + n, sid + 1
+  seg = jnp.asarray(seg)
+  mask = jnp.asarray(rng.random((2, 96, 96)) < 0.7)
+  packing = attention.Packing(max_len=8, max_segments=int(seg.max()))
+  fn = jax.jit(lambda q, k, v, s, m: _seg(q, k, v, s, s, packing=packing, mask=m))
+  want = attention.attention(q, k, v, seg, seg, mask=mask, backend="xla")
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, seg, mask)), np.asarray(want), **TOL)
+
+
+@pytest.mark.parametrize(
+  "breaks", ["too many examples", "an example too long", "an example split in two"]
+)
+def test_segments_rows_that_break_the_packing_run_the_reference(breaks):
+  q, k, v, seg = _packed(np.random.default_rng(42))
+  seg = np.asarray(seg).copy()
+  packing = PACKED
+  if breaks == "too many examples":
+    packing = attention.Packing(max_len=90, max_segments=2)
+  elif breaks == "an example too long":
+    packing = attention.Packing(max_len=60, max_segments=3)
+  else:
+    seg[0, 120:130] = 1
+  seg = jnp.asarray(seg)
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(_seg(q, k, v, seg, seg, packing)), np.asarray(want), **TOL)
+
+
+def test_segments_refuse_what_they_cannot_do_and_auto_falls_back():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(43))
+  with pytest.raises(attention.AttentionUnsupported, match="self-attention"):
+    _seg(q, k, v, q_seg, kv_seg)
+  q, k, v, seg = _packed(np.random.default_rng(44))
+  with pytest.raises(attention.AttentionUnsupported, match="packing"):
+    _seg(q, k, v, seg, seg, packing=None)
+
+
+def test_segments_waste_counts_slot_padding():
+  from sora_jax.models import attention_segments as sg
+
+  seg = np.zeros((1, 64), np.int32)
+  seg[0, :32], seg[0, 32:64] = 1, 2  # Two full slots: nothing wasted.
+  w = sg.waste(seg, attention.Packing(32, 2))
+  assert w["waste"] == 0.0 and w["computed_fraction_of_dense"] == 0.5 and w["broken_rows"] == 0
+  seg[0, 48:] = 0  # Half a slot of padding: 1 - (32^2 + 16^2) / (2 * 32^2).
+  assert sg.waste(seg, attention.Packing(32, 2))["waste"] == pytest.approx(0.375)
+  seg[0, 40:44] = 1  # Example 1 split in two: the row breaks the contract.
+  assert sg.waste(seg, attention.Packing(32, 2))["broken_rows"] == 1
+
+
 # On the device this suite runs on (launch/gpu_check.sh runs it on a GPU) -------
 
 DEVICE_KERNELS = {"gpu": ["pallas_gpu", "cudnn"], "tpu": ["splash_tpu"]}
 
 
 @pytest.mark.parametrize(
-  "backend", ["block_sparse", *DEVICE_KERNELS.get(jax.default_backend(), [])]
+  "backend", ["block_sparse", "segments", *DEVICE_KERNELS.get(jax.default_backend(), [])]
 )
 def test_this_devices_kernels_match_reference_values_and_gradients(backend):
   dtype = jnp.bfloat16 if backend == "cudnn" else jnp.float32
@@ -318,15 +398,18 @@ def test_cudnn_refuses_without_gpu():
 def test_auto_picks_the_platform_kernel():
   assert attention.resolve_backend("auto", platform="tpu") == "splash_tpu"
   assert attention.resolve_backend("auto", platform="gpu") == "pallas_gpu"
-  # On CPUs: block_sparse for calls that say how their rows are packed, else the reference.
-  assert attention.resolve_backend("auto", platform="cpu") == "block_sparse"
+  # On CPUs: segments for calls that say how their rows are packed, else the reference.
+  assert attention.resolve_backend("auto", platform="cpu") == "segments"
   assert attention.resolve_backend("auto", platform="cpu", packed=False) == "xla"
-  if jax.default_backend() == "cpu":  # ...where the bound leaves little to skip, the reference.
-    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "xla"
+  if jax.default_backend() == "cpu":  # ...where the slots hold most of the row, the reference.
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "segments"
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(128, 4)) == "xla"
     long_rows = attention.Packing(96, 256)
-    assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "block_sparse"
+    assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "segments"
     assert attention.chosen_backend("xla", 16384, 16384, long_rows) == "xla"
-  assert {"xla", "block_sparse", "pallas_gpu", "splash_tpu", "cudnn"} <= set(attention.backends())
+  assert {"xla", "segments", "block_sparse", "pallas_gpu", "splash_tpu", "cudnn"} <= set(
+    attention.backends()
+  )
 
 
 def test_auto_falls_back_to_xla_for_what_the_kernel_refuses(monkeypatch):

@@ -23,7 +23,11 @@ def test_training_benchmark_reports_throughput_memory_and_packing_ratio(tiny_dat
   assert result["compiled_bytes_per_device_gb"] > 0
   assert result["params"] > 0
   waste = {k: v for k, v in result.items() if k.startswith("attention_waste_")}
-  assert {"attention_waste_xla", "attention_waste_pallas_gpu"} <= set(waste)
+  assert {"attention_waste_xla", "attention_waste_pallas_gpu", "attention_waste_segments"} <= set(
+    waste
+  )
+  # The real packer's rows keep the segments backend's contract (ids 1..n, contiguous).
+  assert result["attention_segments_broken_rows"] == 0
   assert all(0 <= v < 1 for v in waste.values()) and 0 < result["attention_useful_fraction"] < 1
 
 

@@ -11,6 +11,7 @@ of frames); a backend that cannot express what it is asked for refuses with
 
 Backends: "xla" (the reference, here) and the others in their own modules,
 imported on first use so that importing this file stays cheap:
+  "segments"     attention_segments.py      example by example, in slots of max_len (any XLA device)
   "block_sparse" attention_block_sparse.py  only the blocks whose segments meet (any XLA device)
   "pallas_gpu"   attention_pallas_gpu.py    Pallas/Triton flash attention (GPU)
   "splash_tpu"   attention_splash.py        Pallas splash attention (TPU)
@@ -24,9 +25,9 @@ warning, for a call that kernel refuses (e.g. cross-attention on GPU).
 tokens per row) is what the caller knows about how its rows were packed.
 Backends that skip blocks bound their work with it; the others ignore it. It
 is a promise about speed, not semantics: a row that breaks it still gets the
-exact result. On CPUs "auto" picks "block_sparse" for calls that pass it (the
-DiT's self-attention) where its bound leaves at most a quarter of the row's
-block pairs (long rows of short examples), and "xla" for the rest.
+exact result. On CPUs "auto" picks "segments" for calls that pass it (the DiT's
+self-attention) where its slots hold at most half of the row's logits (the
+demo's rows and long rows of short examples), and "xla" for the rest.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ _USES_PACKING: set[str] = set()  # Backends whose signature takes `packing=`.
 _WORTHWHILE: dict[str, Callable[..., bool]] = {}
 # Kernel backends live in their own modules, imported on first use.
 _KERNEL_MODULES = {
+  "segments": "sora_jax.models.attention_segments",
   "block_sparse": "sora_jax.models.attention_block_sparse",
   "pallas_gpu": "sora_jax.models.attention_pallas_gpu",
   "pallas_gpu_interpret": "sora_jax.models.attention_pallas_gpu",
@@ -67,7 +69,9 @@ _KERNEL_MODULES = {
   "cudnn": "sora_jax.models.attention_cudnn",
 }
 # What "auto" picks on each platform (jax.default_backend()); anything else: "xla".
-_AUTO_BACKENDS = {"tpu": "splash_tpu", "gpu": "pallas_gpu", "cpu": "block_sparse"}
+_AUTO_BACKENDS = {"tpu": "splash_tpu", "gpu": "pallas_gpu", "cpu": "segments"}
+# Backends "auto" picks only for calls that pass a `Packing`.
+_AUTO_NEEDS_PACKING = {"segments", "block_sparse"}
 _FALLBACKS_LOGGED: set[str] = set()
 
 
@@ -92,11 +96,11 @@ def backends() -> list[str]:
 def resolve_backend(name: str, platform: str | None = None, *, packed: bool = True) -> str:
   """Maps "auto" to the backend for `platform` (default: jax's); validates names.
 
-  `packed`: whether the call passes a `Packing` ("auto" uses "block_sparse" only then).
+  `packed`: whether the call passes a `Packing` ("auto" uses "segments" only then).
   """
   if name == "auto":
     chosen = _AUTO_BACKENDS.get(platform or jax.default_backend(), "xla")
-    return "xla" if chosen == "block_sparse" and not packed else chosen
+    return "xla" if chosen in _AUTO_NEEDS_PACKING and not packed else chosen
   if name not in _BACKENDS and name not in _KERNEL_MODULES:
     raise ValueError(
       f"model.attention={name!r}; allowed: 'auto', {', '.join(map(repr, backends()))}"

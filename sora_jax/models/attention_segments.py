@@ -1,0 +1,176 @@
+"""Backend "segments": attention example by example, on any XLA device.
+
+A packed row holds whole examples, each contiguous, at most
+`packing.max_segments` (S) of at most `packing.max_len` (M) tokens (the
+packer's caps, `attention.Packing`). This backend gathers each example's
+tokens into a slot of M positions, runs dense attention inside every slot
+(`[B, S, M, M]` logits, the padding positions of a slot masked), and gathers
+the outputs back into the row:
+
+  logits per row:  S * M^2  instead of the reference's L^2.
+
+The blocks of this block-sparse layout are the examples themselves, so no
+logit pairs two examples; what is computed but unused is the slot padding
+(examples shorter than M, rows with fewer than S examples). The gathers are
+partial permutations, and the transpose of each is the gather the other way
+(a custom VJP), so the backward pass has no scatter: on CPUs this runs ahead
+of both the reference and the pair-listing "block_sparse" backend on the
+demo's rows and on long rows of short examples (docs/performance.md).
+
+The contract, checked on device for every call: segment ids are 1..S in row
+order (0 = padding), each segment is contiguous and at most M tokens long. A
+row that breaks it runs the reference instead, through `lax.cond`: slower,
+never wrong. Without a `Packing`, or when queries and keys have different
+lengths (cross-attention), the backend refuses (`AttentionUnsupported`), and
+"auto" uses the reference for that call.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.models.attention import (
+  AttentionUnsupported,
+  Packing,
+  register_backend,
+  xla_attention,
+)
+
+_MASKED = -1e30
+# "auto" uses this backend where the slots hold at most this fraction of the dense row's
+# logits: on CPUs the gathers cost about as much as the slot attention itself, and at
+# the demo's rows (29% of the logits) the layer ran in half the reference's time.
+AUTO_MAX_FRACTION = 0.5
+
+
+def slot_fraction(q_length: int, kv_length: int, packing: Packing | None) -> float:
+  """The slots' logits as a fraction of the dense row's (inf where the backend refuses)."""
+  if packing is None or q_length != kv_length:
+    return float("inf")
+  m = min(packing.max_len, q_length)
+  return packing.max_segments * m * m / (q_length * kv_length)
+
+
+def worthwhile(q_length: int, kv_length: int, packing: Packing | None) -> bool:
+  return slot_fraction(q_length, kv_length, packing) <= AUTO_MAX_FRACTION
+
+
+@jax.custom_vjp
+def _permute(x, idx, ok, inv, inv_ok):
+  """Per row: x[idx] where ok, else 0. (idx, ok) and (inv, inv_ok) are inverse maps."""
+  y = jax.vmap(lambda a, i: a[i])(x, idx)
+  return jnp.where(ok.reshape(ok.shape + (1,) * (x.ndim - 2)), y, 0)
+
+
+def _permute_fwd(x, idx, ok, inv, inv_ok):
+  return _permute(x, idx, ok, inv, inv_ok), (idx, ok, inv, inv_ok)
+
+
+def _permute_bwd(res, g):
+  idx, ok, inv, inv_ok = res
+  return _permute(g, inv, inv_ok, idx, ok), None, None, None, None
+
+
+_permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def slot_maps(segment_ids: jax.Array, num_slots: int, slot_len: int):
+  """The token <-> slot maps of rows `[B, L]` and whether every row keeps the contract.
+
+  Returns (slot_token [B, S*M], slot_ok, token_slot [B, L], token_ok, keeps [B]):
+  slot s*M + p holds the p-th token of segment s + 1.
+  """
+  b, length = segment_ids.shape
+  one_hot = segment_ids[:, :, None] == jnp.arange(1, num_slots + 1, dtype=segment_ids.dtype)
+  lens = one_hot.sum(axis=1)  # [B, S]
+  starts = jnp.argmax(one_hot, axis=1)  # [B, S]; 0 for an absent segment
+  pos = jnp.arange(slot_len)
+  slot_ok = (pos < lens[:, :, None]).reshape(b, num_slots * slot_len)
+  slot_token = jnp.where(slot_ok, (starts[:, :, None] + pos).reshape(b, -1), 0)
+  slot_token = jnp.minimum(slot_token, length - 1)
+  token_ok = segment_ids > 0
+  sid = jnp.clip(segment_ids - 1, 0, num_slots - 1)
+  offset = jnp.arange(length) - jnp.take_along_axis(starts, sid, axis=1)
+  token_slot = jnp.where(token_ok, sid * slot_len + jnp.clip(offset, 0, slot_len - 1), 0)
+  # The contract: ids within 1..S, segments of at most M tokens, each contiguous (then
+  # every token's offset from its segment's first token is below its segment's length).
+  seg_len = jnp.take_along_axis(lens, sid, axis=1)
+  keeps = jnp.all(
+    ~token_ok | ((segment_ids <= num_slots) & (offset >= 0) & (offset < seg_len)), axis=1
+  ) & jnp.all(lens <= slot_len, axis=1)
+  return slot_token, slot_ok, token_slot, token_ok, keeps
+
+
+@register_backend("segments", uses_packing=True, worthwhile=worthwhile)
+def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale, packing):
+  b, length, h, d = q.shape
+  hkv = k.shape[2]
+  if packing is None:
+    raise AttentionUnsupported("segments needs the rows' packing (attention.Packing)")
+  if k.shape[1] != length:
+    raise AttentionUnsupported(f"segments is for self-attention; got {length} x {k.shape[1]}")
+  s_n, m_n = packing.max_segments, min(packing.max_len, length)
+  q_maps = slot_maps(q_segment_ids, s_n, m_n)
+  same = q_segment_ids is kv_segment_ids
+  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_n)
+
+  def sparse(_):
+    q_tok, q_ok, q_slot, q_tok_ok, _ = q_maps
+    k_tok, k_ok, k_slot, k_tok_ok, _ = kv_maps
+    qs = _permute(q, q_tok, q_ok, q_slot, q_tok_ok).reshape(b, s_n, m_n, h, d)
+    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
+    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
+    if hkv != h:
+      ks, vs = jnp.repeat(ks, h // hkv, axis=3), jnp.repeat(vs, h // hkv, axis=3)
+    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_n)
+    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, M]
+    if not same:  # Separate id arrays: a slot's keys must carry its queries' id.
+      qid = jnp.take_along_axis(q_segment_ids, q_tok, axis=1).reshape(b, s_n, m_n)
+      kid = jnp.take_along_axis(kv_segment_ids, k_tok, axis=1).reshape(b, s_n, m_n)
+      allowed &= qid[..., :, None] == kid[..., None, :]
+    if mask is not None:
+      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_n)
+      allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
+    logits = jnp.einsum("bsqhd,bskhd->bshqk", qs, ks, preferred_element_type=jnp.float32)
+    logits = logits * scale + jnp.where(allowed, 0.0, _MASKED)[:, :, None]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bshqk,bskhd->bsqhd", probs, vs)
+    visible = jnp.any(allowed, axis=-1)  # [B, S, M]; a query with no key returns zeros.
+    out = jnp.where(visible[..., None, None], out, 0).reshape(b, s_n * m_n, h, d)
+    return _permute(out, q_slot, q_tok_ok, q_tok, q_ok).astype(q.dtype)
+
+  def dense(_):
+    return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
+
+  keeps = jnp.all(q_maps[4]) & jnp.all(kv_maps[4])
+  return jax.lax.cond(keeps, sparse, dense, None)
+
+
+def waste(segment_ids, packing: Packing) -> dict[str, float]:
+  """What this backend computes on rows `segment_ids [B, L]` (numpy), against what is needed.
+
+  useful    same-segment (query, key) pairs; computed: S * M^2 per row (every slot,
+  used or not); broken_rows: rows that break the contract and run the reference.
+  """
+  seg = np.asarray(segment_ids)
+  rows, length = seg.shape
+  m = min(packing.max_len, length)
+  useful = sum(int(np.sum(row == s)) ** 2 for row in seg for s in set(row.tolist()) - {0})
+  computed = rows * packing.max_segments * m * m
+  broken = 0
+  for row in seg:
+    ids = row[row > 0]
+    runs = ids[np.r_[True, ids[1:] != ids[:-1]]] if ids.size else ids
+    lengths = np.bincount(ids)[1:] if ids.size else np.zeros(0, int)
+    if ids.size and (
+      len(set(runs.tolist())) != len(runs) or ids.max() > packing.max_segments or lengths.max() > m
+    ):
+      broken += 1
+  return {
+    "useful_fraction_of_dense": useful / (rows * length * length),
+    "waste": 1.0 - useful / max(computed, 1),
+    "computed_fraction_of_dense": computed / (rows * length * length),
+    "broken_rows": broken,
+  }
