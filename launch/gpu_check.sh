@@ -3,7 +3,8 @@
 #   1. installs the CUDA build of the pinned jax (make install ACCEL=...), unless PYTHON
 #      already sees a GPU;
 #   2. runs the attention kernel parity tests on the device (tests/test_attention_kernels.py:
-#      pallas_gpu, cudnn and block_sparse against the XLA reference, values and gradients);
+#      pallas_gpu, cudnn, segments and block_sparse against the XLA reference, values and
+#      gradients);
 #   3. measures training MFU of a ~1B-parameter config (experiments/dit_1b.py) at 16k and 64k
 #      packed tokens per row with each attention backend, packed against padded buckets for
 #      the first backend;
@@ -17,14 +18,14 @@
 #
 # On CPU, the same script with a tiny config shows that it works (docs/performance.md):
 #   GPU_CHECK_CONFIG=experiments/dit_tiny.py GPU_CHECK_LENGTHS=256,512 \
-#     GPU_CHECK_BACKENDS=xla,block_sparse launch/gpu_check.sh out/gpu_check_cpu.json
+#     GPU_CHECK_BACKENDS=xla,segments launch/gpu_check.sh out/gpu_check_cpu.json
 #
 # Environment (defaults in brackets):
 #   PYTHON               the interpreter [.venv/bin/python]
 #   ACCEL                jax accelerator build for `make install` [cuda12]
 #   GPU_CHECK_CONFIG     training config [experiments/dit_1b.py]
 #   GPU_CHECK_LENGTHS    tokens per packed row, comma-separated [16384,65536]
-#   GPU_CHECK_BACKENDS   attention backends, first one also runs padded [block_sparse,pallas_gpu,cudnn,xla]
+#   GPU_CHECK_BACKENDS   attention backends, first one also runs padded [segments,pallas_gpu,cudnn,xla]
 #   GPU_CHECK_STEPS      timed steps per run [3]
 #   GPU_CHECK_EXAMPLES   size of the generated dataset [2000]
 #   GPU_CHECK_BUDGET_S   overall budget in seconds [570]
@@ -37,7 +38,7 @@ out=${1:-gpu_check.json}
 PYTHON=${PYTHON:-.venv/bin/python}
 config=${GPU_CHECK_CONFIG:-experiments/dit_1b.py}
 IFS=, read -r -a lengths <<<"${GPU_CHECK_LENGTHS:-16384,65536}"
-IFS=, read -r -a backends <<<"${GPU_CHECK_BACKENDS:-block_sparse,pallas_gpu,cudnn,xla}"
+IFS=, read -r -a backends <<<"${GPU_CHECK_BACKENDS:-segments,pallas_gpu,cudnn,xla}"
 steps=${GPU_CHECK_STEPS:-3}
 budget=${GPU_CHECK_BUDGET_S:-570}
 start=$SECONDS

@@ -58,8 +58,8 @@ class DiTConfig:
   pooled_text: bool = True  # Add each token's mean caption embedding to its timestep embedding.
   fractional_pos: int = 4  # Frequencies per axis of the fractional position features (0: none).
   text: TextConfig | None = None
-  # How the rows are packed (from config.data): lets self-attention skip the blocks of
-  # other examples ("block_sparse"). None: unknown, every block is computed.
+  # How the rows are packed (from config.data): lets self-attention skip other examples'
+  # keys ("segments", "block_sparse"). None: unknown, every block is computed.
   packing: attention.Packing | None = None
   # Low-rank adapters on the blocks' projections (config.lora); None: no adapters.
   lora: lora_lib.LoraConfig | None = None
