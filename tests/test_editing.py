@@ -111,6 +111,13 @@ def test_pixel_and_latent_frame_maps():
   assert ctx[0].start == 4 and total == 11 and "2 more" in note
   ctx, total, _ = plans.extend(np.zeros((5, 8, 8, 3), np.uint8), "forward", 4, causal)
   assert total == 9 and len(ctx[0].frames) == 5  # 1 + 4: whole latent frames already.
+  # Latent space also needs 1 + 4k output frames: forward generates more, backward starts
+  # the clip on a latent frame (frame 5: 4 new + 1) and ends it on one (4 of its 5 frames).
+  ctx, total, note = plans.extend(np.zeros((5, 8, 8, 3), np.uint8), "forward", 3, causal)
+  assert total == 9 and "1 more frame(s) generated" in note
+  ctx, total, note = plans.extend(np.zeros((5, 8, 8, 3), np.uint8), "backward", 4, causal)
+  assert (ctx[0].start, len(ctx[0].frames), total) == (5, 4, 9)
+  assert "1 more frame(s) generated" in note and "last 1 frame(s) were dropped" in note
 
 
 def test_plans_place_given_frames_as_token_keep_values(tmp_path):

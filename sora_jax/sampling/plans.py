@@ -234,7 +234,9 @@ def extend(
 
   A token is only held when all of its frames are given, so the clip is cut to whole
   token frames (forward: its first frames dropped) or more frames are generated
-  (backward) so that the seam falls on a token-frame boundary. With `loop` the far
+  (backward) so that the seam falls on a token-frame boundary; in latent space the
+  output must also be 1 + a multiple of the temporal compression, so forward generates
+  up to ct - 1 more frames and backward drops up to ct - 1 of the clip's last frames. With `loop` the far
   end is given the clip's first (forward) or last (backward) frame. Returns (context,
   output frames, a note for the user or None).
   """
@@ -253,6 +255,11 @@ def extend(
       note = f"the clip's first {len(clip) - kept} frame(s) were dropped to fill whole patches"
       clip = clip[len(clip) - kept :]
     total = kept + new_frames
+    while (total - 1) % geom.compression[0]:  # A frame count the autoencoder can make.
+      total += 1
+    if total != kept + new_frames:
+      more = f"{total - kept - new_frames} more frame(s) generated to fill the last latent frame"
+      note = more if note is None else f"{note}; {more}"
     context = [Given(clip, start=0, name="--video")]
     if loop:
       context.append(Given(clip[:1], start=total - 1, image=True, name="--video (--loop)"))
@@ -263,6 +270,12 @@ def extend(
   if start != new_frames:
     note = f"{start - new_frames} more frame(s) generated so that the clip starts a patch"
   total = start + len(clip)
+  dropped = 0
+  while (total - 1) % geom.compression[0] and len(clip) > 1:  # The autoencoder's frame grid.
+    clip, total, dropped = clip[:-1], total - 1, dropped + 1
+  if dropped:
+    cut = f"the clip's last {dropped} frame(s) were dropped to end on a latent frame"
+    note = cut if note is None else f"{note}; {cut}"
   context = [Given(clip, start=start, name="--video")]
   if loop:
     context.append(Given(clip[-1:], start=0, image=True, name="--video (--loop)"))
