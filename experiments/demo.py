@@ -39,7 +39,7 @@ def get_config(arg=None):
   # Pixel patches are wider than the model: predicting the clean patch (x0) works
   # where predicting velocity gives noise-like samples; see sora_jax/diffusion/flow.py.
   c.flow.update(shift_base_tokens=32, prediction="data", min_t=0.5)
-  # Half of the examples are given clean frames (first, last, both ends, a prefix or
+  # A quarter of the examples are given clean frames (first, last, both ends, a prefix or
   # suffix, random frames, per-frame levels): the same model animates images, extends,
   # loops, blends and remixes (make demo writes every mode to out/demo/edits).
   c.flow.conditioning.update(conditioning.MIXTURE)

@@ -1,4 +1,4 @@
-"""The demo model trained for editing: the demo (experiments/demo.py) with half of its
+"""The demo model trained for editing: the demo (experiments/demo.py) with a quarter of its
 examples given clean frames (sora_jax.diffusion.conditioning.MIXTURE) and time-stamped
 captions trained on their windows (storyboards), on data where 30% of the moving clips
 change direction once.
