@@ -121,6 +121,14 @@ def chosen_backend(
   return name
 
 
+def other_calls_backend(name: str) -> str:
+  """The backend of the calls beside the DiT's self-attention (cross-attention, the caption
+  encoder) when `model.attention` is `name`: "xla" when the reference is named, else
+  "auto". A named backend is the packed self-attention's; a kernel that cannot express
+  the other calls (pallas_gpu and segments refuse cross-attention) must not fail them."""
+  return "xla" if name == "xla" else "auto"
+
+
 def get_backend(name: str) -> Backend:
   """The backend function for a resolved name, importing its module on first use."""
   if name not in _BACKENDS:

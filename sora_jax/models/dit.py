@@ -49,7 +49,7 @@ class DiTConfig:
   adaln: str = "single"  # "single" (shared projection) or "block".
   qk_norm: bool = True
   rope_theta: float = 10_000.0
-  attention: str = "auto"
+  attention: str = "auto"  # The packed self-attention's backend; other calls: other_calls_backend.
   context_parallel: str = "all_gather"  # Scheme over the `context` mesh axis, if > 1.
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -126,7 +126,7 @@ class Block(nnx.Module):
       cfg.heads,
       context_width=w,
       qk_norm=cfg.qk_norm,
-      backend=cfg.attention,
+      backend=attention.other_calls_backend(cfg.attention),
       lengths=("length", "text_length"),
       **adapters("cross_attention"),
       **kw,
@@ -169,7 +169,7 @@ class DiT(nnx.Module):
     self.text_encoder = SmallTextEncoder(
       cfg.text,
       rngs=rngs,
-      backend=cfg.attention,
+      backend=attention.other_calls_backend(cfg.attention),
       scan=cfg.scan_layers,
       remat=cfg.remat,
       dtype=cfg.compute_dtype,
