@@ -209,33 +209,9 @@ def test_segments_rows_that_break_the_packing_run_the_reference(breaks):
   np.testing.assert_allclose(np.asarray(_seg(q, k, v, seg, seg, packing)), np.asarray(want), **TOL)
 
 
-def test_segments_cross_attention_to_captions_matches_reference():
-  # Example 2 of row 0 has no caption (its queries return zeros); a window mask on top.
-  rng = np.random.default_rng(45)
-  q, k, v, q_seg, kv_seg = _cross(rng, h=2, hkv=1)
-  packing = attention.Packing(max_len=130, max_segments=3, max_text_len=27)
-  mask = jnp.asarray(rng.random((2, q.shape[1], k.shape[1])) < 0.8)
-  for m in (None, mask):
-    want = attention.attention(q, k, v, q_seg, kv_seg, mask=m, backend="xla")
-    got = _seg(q, k, v, q_seg, kv_seg, packing=packing, mask=m)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
-  for g, r in zip(
-    jax.grad(lambda *a: jnp.sum(jnp.sin(_seg(*a, q_seg, kv_seg, packing=packing))), (0, 1, 2))(
-      q, k, v
-    ),
-    _grads("xla", q, k, v, q_seg, kv_seg),
-  ):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
-  # A caption longer than its slot: that row runs the reference.
-  short = attention.Packing(max_len=130, max_segments=3, max_text_len=12)
-  want = attention.attention(q, k, v, q_seg, kv_seg, backend="xla")
-  got = _seg(q, k, v, q_seg, kv_seg, packing=short)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
-
-
 def test_segments_refuse_what_they_cannot_do_and_auto_falls_back():
   q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(43))
-  with pytest.raises(attention.AttentionUnsupported, match="max_text_len"):
+  with pytest.raises(attention.AttentionUnsupported, match="self-attention"):
     _seg(q, k, v, q_seg, kv_seg)
   q, k, v, seg = _packed(np.random.default_rng(44))
   with pytest.raises(attention.AttentionUnsupported, match="packing"):
@@ -430,10 +406,6 @@ def test_auto_picks_the_platform_kernel():
     assert attention.chosen_backend("auto", 256, 256, attention.Packing(128, 4)) == "xla"
     long_rows = attention.Packing(96, 256)
     assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "segments"
-    # Cross-attention to the demo's captions (12 x 16 tokens): slots when their size is known.
-    captions = attention.Packing(40, 12, max_text_len=16)
-    assert attention.chosen_backend("auto", 256, 192, captions) == "segments"
-    assert attention.chosen_backend("auto", 256, 192, attention.Packing(40, 12)) == "xla"
     assert attention.chosen_backend("xla", 16384, 16384, long_rows) == "xla"
   assert {"xla", "segments", "block_sparse", "pallas_gpu", "splash_tpu", "cudnn"} <= set(
     attention.backends()

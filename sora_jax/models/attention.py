@@ -47,18 +47,10 @@ class AttentionUnsupported(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Packing:
-  """How rows were packed: at most `max_segments` examples of at most `max_len` tokens each,
-  and (for cross-attention to captions) at most `max_text_len` caption tokens each."""
+  """How rows were packed: at most `max_segments` examples of at most `max_len` tokens each."""
 
   max_len: int
   max_segments: int
-  max_text_len: int | None = None
-
-  def for_captions(self) -> Packing | None:
-    """The packing of the caption rows themselves (the caption encoder's self-attention)."""
-    if self.max_text_len is None:
-      return None
-    return Packing(max_len=self.max_text_len, max_segments=self.max_segments)
 
 
 Backend = Callable[..., jax.Array]

@@ -9,12 +9,6 @@ the outputs back into the row:
 
   logits per row:  S * M^2  instead of the reference's L^2.
 
-Cross-attention to the captions works the same way when the packing states
-`max_text_len` (T): the caption tokens of segment s go to key slot s, so each
-query slot meets only its example's caption (S * M * T logits instead of
-L * Lt); the caption encoder's self-attention uses the captions' own packing
-(`Packing.for_captions`).
-
 The blocks of this block-sparse layout are the examples themselves, so no
 logit pairs two examples; what is computed but unused is the slot padding
 (examples shorter than M, rows with fewer than S examples). The gathers are
@@ -26,9 +20,9 @@ demo's rows and on long rows of short examples (docs/performance.md).
 The contract, checked on device for every call: segment ids are 1..S in row
 order (0 = padding), each segment is contiguous and at most M tokens long. A
 row that breaks it runs the reference instead, through `lax.cond`: slower,
-never wrong. Without a `Packing`, or for cross-attention without
-`max_text_len`, the backend refuses (`AttentionUnsupported`), and "auto" uses
-the reference for that call.
+never wrong. Without a `Packing`, or when queries and keys have different
+lengths (cross-attention), the backend refuses (`AttentionUnsupported`), and
+"auto" uses the reference for that call.
 """
 
 from __future__ import annotations
@@ -51,23 +45,12 @@ _MASKED = -1e30
 AUTO_MAX_FRACTION = 0.5
 
 
-def slot_lengths(q_length: int, kv_length: int, packing: Packing) -> tuple[int, int] | None:
-  """(query slot, key slot) lengths: max_len both for self-attention; max_len and
-  max_text_len for cross-attention to captions; None where the packing does not say."""
-  m = min(packing.max_len, q_length)
-  if q_length == kv_length:
-    return m, m
-  if packing.max_text_len is None:
-    return None
-  return m, min(packing.max_text_len, kv_length)
-
-
 def slot_fraction(q_length: int, kv_length: int, packing: Packing | None) -> float:
   """The slots' logits as a fraction of the dense row's (inf where the backend refuses)."""
-  lengths = None if packing is None else slot_lengths(q_length, kv_length, packing)
-  if lengths is None:
+  if packing is None or q_length != kv_length:
     return float("inf")
-  return packing.max_segments * lengths[0] * lengths[1] / (q_length * kv_length)
+  m = min(packing.max_len, q_length)
+  return packing.max_segments * m * m / (q_length * kv_length)
 
 
 def worthwhile(q_length: int, kv_length: int, packing: Packing | None) -> bool:
@@ -126,29 +109,29 @@ def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, sca
   hkv = k.shape[2]
   if packing is None:
     raise AttentionUnsupported("segments needs the rows' packing (attention.Packing)")
-  lengths = slot_lengths(length, k.shape[1], packing)
-  if lengths is None:
-    raise AttentionUnsupported(
-      f"segments: {length} queries x {k.shape[1]} keys needs Packing.max_text_len"
-    )
-  s_n, (m_n, t_n) = packing.max_segments, lengths
+  if k.shape[1] != length:
+    raise AttentionUnsupported(f"segments is for self-attention; got {length} x {k.shape[1]}")
+  s_n, m_n = packing.max_segments, min(packing.max_len, length)
   q_maps = slot_maps(q_segment_ids, s_n, m_n)
   same = q_segment_ids is kv_segment_ids
-  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, t_n)
+  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_n)
 
   def sparse(_):
-    # Slot s holds segment s + 1 on both sides, so a query slot's keys are its example's.
     q_tok, q_ok, q_slot, q_tok_ok, _ = q_maps
     k_tok, k_ok, k_slot, k_tok_ok, _ = kv_maps
     qs = _permute(q, q_tok, q_ok, q_slot, q_tok_ok).reshape(b, s_n, m_n, h, d)
-    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, t_n, hkv, d)
-    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, t_n, hkv, d)
+    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
+    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
     if hkv != h:
       ks, vs = jnp.repeat(ks, h // hkv, axis=3), jnp.repeat(vs, h // hkv, axis=3)
-    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, t_n)
-    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, T]
+    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_n)
+    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, M]
+    if not same:  # Separate id arrays: a slot's keys must carry its queries' id.
+      qid = jnp.take_along_axis(q_segment_ids, q_tok, axis=1).reshape(b, s_n, m_n)
+      kid = jnp.take_along_axis(kv_segment_ids, k_tok, axis=1).reshape(b, s_n, m_n)
+      allowed &= qid[..., :, None] == kid[..., None, :]
     if mask is not None:
-      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, t_n)
+      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_n)
       allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
     logits = jnp.einsum("bsqhd,bskhd->bshqk", qs, ks, preferred_element_type=jnp.float32)
     logits = logits * scale + jnp.where(allowed, 0.0, _MASKED)[:, :, None]

@@ -93,12 +93,10 @@ class DiTConfig:
 
 
 def packing_of(data_cfg: Mapping[str, Any]) -> attention.Packing:
-  """The packing caps of a config's `data` section (tokens and caption tokens per example,
-  examples per row)."""
+  """The packing caps of a config's `data` section (tokens per example, examples per row)."""
   return attention.Packing(
     max_len=int(data_cfg["max_tokens_per_example"]),
     max_segments=int(data_cfg["max_examples_per_row"]),
-    max_text_len=int(data_cfg["max_text_len"]) if data_cfg.get("max_text_len") else None,
   )
 
 
@@ -130,7 +128,6 @@ class Block(nnx.Module):
       qk_norm=cfg.qk_norm,
       backend=attention.other_calls_backend(cfg.attention),
       lengths=("length", "text_length"),
-      packing=cfg.packing,
       **adapters("cross_attention"),
       **kw,
     )
@@ -173,7 +170,6 @@ class DiT(nnx.Module):
       cfg.text,
       rngs=rngs,
       backend=attention.other_calls_backend(cfg.attention),
-      packing=cfg.packing.for_captions() if cfg.packing else None,
       scan=cfg.scan_layers,
       remat=cfg.remat,
       dtype=cfg.compute_dtype,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sora_jax.core import sharding
-from sora_jax.models import attention, layers, rope, stack
+from sora_jax.models import layers, rope, stack
 
 
 class TextEncoder(Protocol):
@@ -40,16 +40,11 @@ class TextConfig:
 
 
 class _Block(nnx.Module):
-  def __init__(self, cfg: TextConfig, backend: str, packing, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: TextConfig, backend: str, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm1 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
     self.attn = layers.Attention(
-      cfg.width,
-      cfg.heads,
-      backend=backend,
-      lengths=("text_length", "text_length"),
-      packing=packing,
-      **kw,
+      cfg.width, cfg.heads, backend=backend, lengths=("text_length", "text_length"), **kw
     )
     self.norm2 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
     self.mlp = layers.MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), length="text_length", **kw)
@@ -66,7 +61,6 @@ class SmallTextEncoder(nnx.Module):
     *,
     rngs: nnx.Rngs,
     backend: str = "auto",
-    packing: attention.Packing | None = None,  # Of the caption rows (attention.Packing).
     scan: bool = True,
     remat: str = "none",
     dtype=jnp.float32,
@@ -80,7 +74,7 @@ class SmallTextEncoder(nnx.Module):
       init(rngs.params(), (cfg.vocab_size, cfg.width), param_dtype), out_sharding=("vocab", "embed")
     )
     self.blocks = stack.make_layers(
-      lambda r: _Block(cfg, backend, packing, rngs=r, dtype=dtype, param_dtype=param_dtype),
+      lambda r: _Block(cfg, backend, rngs=r, dtype=dtype, param_dtype=param_dtype),
       cfg.depth,
       rngs,
       scan,
