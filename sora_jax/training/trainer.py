@@ -28,14 +28,21 @@ from data_pipelines import pipeline
 from sora_jax.core import flops, sharding
 from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import flow, latent
-from sora_jax.models import dit, lora, mup
+from sora_jax.models import attention, dit, lora, mup
 from sora_jax.training import guard, optim
 
 
 class Trainer:
   """Model, optimizer, shardings and the compiled step for one config and mesh."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    vocab_size: int,
+    packing: attention.Packing | None = None,
+  ):
+    """`packing`: how the rows are packed (default: the caps in `cfg.data`)."""
     self.cfg = cfg
     self.mesh = mesh
     self.rules = tuple(cfg.sharding.rules)
@@ -43,7 +50,7 @@ class Trainer:
       cfg.model,
       latent.geometry_for(cfg).patch_dim,
       vocab_size,
-      dit.packing_of(cfg.data),
+      packing or dit.packing_of(cfg.data),
       lora_cfg=cfg.get("lora"),
     )
     self.adapters_only = self.dit_cfg.lora is not None
