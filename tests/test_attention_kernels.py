@@ -402,8 +402,8 @@ def test_auto_picks_the_platform_kernel():
   assert attention.resolve_backend("auto", platform="cpu") == "segments"
   assert attention.resolve_backend("auto", platform="cpu", packed=False) == "xla"
   if jax.default_backend() == "cpu":  # ...where the slots hold most of the row, the reference.
-    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "segments"
-    assert attention.chosen_backend("auto", 256, 256, attention.Packing(128, 4)) == "xla"
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "xla"
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(16, 12)) == "segments"
     long_rows = attention.Packing(96, 256)
     assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "segments"
     assert attention.chosen_backend("xla", 16384, 16384, long_rows) == "xla"

@@ -26,8 +26,8 @@ tokens per row) is what the caller knows about how its rows were packed.
 Backends that skip blocks bound their work with it; the others ignore it. It
 is a promise about speed, not semantics: a row that breaks it still gets the
 exact result. On CPUs "auto" picks "segments" for calls that pass it (the DiT's
-self-attention) where its slots hold at most half of the row's logits (the
-demo's rows and long rows of short examples), and "xla" for the rest.
+self-attention) where its slots hold at most a quarter of the row's logits
+(long rows of short examples; not the demo's rows), and "xla" for the rest.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ The blocks of this block-sparse layout are the examples themselves, so no
 logit pairs two examples; what is computed but unused is the slot padding
 (examples shorter than M, rows with fewer than S examples). The gathers are
 partial permutations, and the transpose of each is the gather the other way
-(a custom VJP), so the backward pass has no scatter: on CPUs this runs ahead
-of both the reference and the pair-listing "block_sparse" backend on the
+(a custom VJP), so the backward pass has no scatter: on CPUs one layer runs
+ahead of both the reference and the pair-listing "block_sparse" backend on the
 demo's rows and on long rows of short examples (docs/performance.md).
 
 The contract, checked on device for every call: segment ids are 1..S in row
@@ -40,9 +40,10 @@ from sora_jax.models.attention import (
 
 _MASKED = -1e30
 # "auto" uses this backend where the slots hold at most this fraction of the dense row's
-# logits: on CPUs the gathers cost about as much as the slot attention itself, and at
-# the demo's rows (29% of the logits) the layer ran in half the reference's time.
-AUTO_MAX_FRACTION = 0.5
+# logits. At the demo's rows (29%) one layer runs in about half the reference's time, but
+# the whole training step measured 0.94-1.07x the reference over runs (docs/performance.md),
+# so the demo keeps the reference; long rows of short examples (under 1%) gain several-fold.
+AUTO_MAX_FRACTION = 0.25
 
 
 def slot_fraction(q_length: int, kv_length: int, packing: Packing | None) -> float:
