@@ -3,10 +3,10 @@
 16,384-token rows holding up to 256 examples of at most 96 tokens (the demo's
 4x8x8 pixel patches), one 128-wide head (head dim 128) per layer. Dense
 attention computes 16,384^2 logits per row, of which ~1% pair tokens of the same
-example; "block_sparse" computes only the blocks whose examples meet.
+example; "segments" and "block_sparse" compute only within (or near) each example.
 
 python -m sora_jax.benchmark --config=experiments/long_rows.py \\
-    --config.data.data_dir=DATA --attention_backends=xla,block_sparse
+    --config.data.data_dir=DATA --attention_backends=segments,block_sparse,xla
 """
 
 from experiments import demo
