@@ -126,11 +126,8 @@ def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, sca
     if hkv != h:
       ks, vs = jnp.repeat(ks, h // hkv, axis=3), jnp.repeat(vs, h // hkv, axis=3)
     qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_n)
+    # Slot s holds segment s + 1 on both sides, so a query slot's keys are its example's.
     allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, M]
-    if not same:  # Separate id arrays: a slot's keys must carry its queries' id.
-      qid = jnp.take_along_axis(q_segment_ids, q_tok, axis=1).reshape(b, s_n, m_n)
-      kid = jnp.take_along_axis(kv_segment_ids, k_tok, axis=1).reshape(b, s_n, m_n)
-      allowed &= qid[..., :, None] == kid[..., None, :]
     if mask is not None:
       qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_n)
       allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
