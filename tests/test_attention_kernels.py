@@ -62,6 +62,15 @@ def _assert_parity(backend, q, k, v, q_seg, kv_seg, grads=False):
       np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
 
 
+def _assert_matches_reference_with_grads(fn, q, k, v, seg):
+  """fn(q, k, v) against the reference on self-attention rows `seg`: values and gradients."""
+  want = attention.attention(q, k, v, seg, seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(fn(q, k, v)), np.asarray(want), **TOL)
+  got = jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), (0, 1, 2))(q, k, v)
+  for g, r in zip(got, _grads("xla", q, k, v, seg, seg)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
 # block_sparse ----------------------------------------------------------------
 
 PACKED = attention.Packing(max_len=90, max_segments=3)  # What _packed's rows hold.
@@ -75,13 +84,7 @@ def _bs(q, k, v, q_seg, kv_seg, packing=PACKED, **kw):
 def test_block_sparse_matches_reference(h, hkv, length):
   # Segments straddle the 16-token blocks; 37 is no multiple of a block.
   q, k, v, seg = _packed(np.random.default_rng(20), h=h, hkv=hkv, length=length)
-  want = attention.attention(q, k, v, seg, seg, backend="xla")
-  np.testing.assert_allclose(np.asarray(_bs(q, k, v, seg, seg)), np.asarray(want), **TOL)
-  for g, r in zip(
-    jax.grad(lambda *a: jnp.sum(jnp.sin(_bs(*a, seg, seg))), (0, 1, 2))(q, k, v),
-    _grads("xla", q, k, v, seg, seg),
-  ):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+  _assert_matches_reference_with_grads(lambda *a: _bs(*a, seg, seg), q, k, v, seg)
 
 
 def test_block_sparse_many_short_examples_and_extra_mask_under_jit():
@@ -161,17 +164,11 @@ def _seg(q, k, v, q_seg, kv_seg, packing=PACKED, **kw):
 @pytest.mark.parametrize("h,hkv,length", [(2, 2, 160), (4, 1, 160), (2, 2, 37)])
 def test_segments_match_reference_values_and_gradients(h, hkv, length):
   q, k, v, seg = _packed(np.random.default_rng(40), h=h, hkv=hkv, length=length)
+  _assert_matches_reference_with_grads(lambda *a: _seg(*a, seg, seg), q, k, v, seg)
+  np.testing.assert_array_equal(np.asarray(_seg(q, k, v, seg, seg))[np.asarray(seg) == 0], 0.0)
+  # Two arrays with the same ids (not one object) get their own slot maps: the same result.
   want = attention.attention(q, k, v, seg, seg, backend="xla")
-  got = _seg(q, k, v, seg, seg)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
-  np.testing.assert_array_equal(np.asarray(got)[np.asarray(seg) == 0], 0.0)
-  # Two arrays with the same ids (not one object) take the general path: the same result.
   np.testing.assert_allclose(np.asarray(_seg(q, k, v, seg, seg + 0)), np.asarray(want), **TOL)
-  for g, r in zip(
-    jax.grad(lambda *a: jnp.sum(jnp.sin(_seg(*a, seg, seg))), (0, 1, 2))(q, k, v),
-    _grads("xla", q, k, v, seg, seg),
-  ):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
 
 
 def test_segments_many_short_examples_with_an_extra_mask_under_jit():
