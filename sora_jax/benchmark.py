@@ -7,7 +7,9 @@ prefetched to the devices so only the step is timed. Then it runs the same
 examples padded to bucket lengths instead (one example per row, the tokens per
 batch kept equal by raising the rows per batch for shorter buckets, one
 compiled step per bucket, compile time excluded) and prints the ratio of useful
-tokens per second, packed over padded. FLOPs count real tokens only
+tokens per second, packed over padded. The two layouts take turns for --rounds
+rounds (each round runs every timed batch once) and the medians are reported
+with each round's ratio, so the machine's drift falls on both alike. FLOPs count real tokens only
 (sora_jax.core.flops), so both layouts are credited the same useful work.
 
 Without --config.data.data_dir a small built-in synthetic dataset is generated
@@ -86,6 +88,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation).")
   flags.DEFINE_bool("padded", True, "Also time the padded-bucket layout.")
   flags.DEFINE_integer(
+    "rounds",
+    3,
+    "Timed rounds: packed and padded take turns each round (every timed batch once), and "
+    "the medians and per-round ratios are reported, so drift falls on both alike.",
+  )
+  flags.DEFINE_integer(
     "sampler_steps",
     0,
     "Also time this many sampling steps (guided, Euler) on the packed rows, with the "
@@ -126,6 +134,44 @@ def ensure_data(cfg, num_examples: int = 2000) -> None:
   cfg.data.data_dir = tmp
 
 
+class StepTimer:
+  """Times a trainer's step on pre-placed batches, repeatably: `warm` runs the untimed
+  batches (compilation), each `time()` runs every timed batch once from the current state
+  and returns the seconds. Several timers alternate rounds so that a machine's drift
+  falls on every layout alike (`interleaved`)."""
+
+  def __init__(self, trainer: Trainer, timed: list[dict], step=None):
+    self.trainer = trainer
+    self.step = step or trainer.step
+    self.timed = timed
+    self.placed = [sharding.global_batch(b, trainer.mesh, trainer.rules) for b in timed]
+    self.state, self.ema = trainer.init(0)
+    self.useful = sum(trainer.step_flops(b) for b in timed)
+    self.real = int(sum((b["segment_ids"] > 0).sum() for b in timed))
+
+  def warm(self, batches: list[dict]) -> None:
+    for b in batches:
+      placed = sharding.global_batch(b, self.trainer.mesh, self.trainer.rules)
+      self.state, self.ema, _ = self.step(self.state, self.ema, placed)
+    jax.block_until_ready(self.state)
+
+  def time(self) -> float:
+    t0 = time.perf_counter()
+    for b in self.placed:
+      self.state, self.ema, _ = self.step(self.state, self.ema, b)
+    jax.block_until_ready(self.state)
+    return time.perf_counter() - t0
+
+
+def interleaved(timers: Sequence[StepTimer], rounds: int) -> list[list[float]]:
+  """Seconds per round for each timer, the timers taking turns within every round."""
+  out = [[] for _ in timers]
+  for _ in range(rounds):
+    for times, timer in zip(out, timers):
+      times.append(timer.time())
+  return out
+
+
 def time_steps(
   trainer: Trainer, batches: list[dict], warmup: int, step=None
 ) -> tuple[float, float, int]:
@@ -133,23 +179,9 @@ def time_steps(
 
   `step` defaults to `trainer.step`; an ahead-of-time compiled step also works.
   """
-  step = step or trainer.step
-  state, ema = trainer.init(0)
-  placed = [sharding.global_batch(b, trainer.mesh, trainer.rules) for b in batches]
-  for b in placed[:warmup]:
-    state, ema, _ = step(state, ema, b)
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for b in placed[warmup:]:
-    state, ema, out = step(state, ema, b)
-  jax.block_until_ready(state)
-  dt = time.perf_counter() - t0
-  timed = batches[warmup:]
-  return (
-    dt,
-    sum(trainer.step_flops(b) for b in timed),
-    int(sum((b["segment_ids"] > 0).sum() for b in timed)),
-  )
+  timer = StepTimer(trainer, batches[warmup:], step)
+  timer.warm(batches[:warmup])
+  return timer.time(), timer.useful, timer.real
 
 
 def padded_batches(examples: list[dict], opts: pipeline.Options, rows: int, data_shards: int):
@@ -196,6 +228,7 @@ def run(
   synthetic_examples: int = 2000,
   layouts: Sequence[Mapping[str, int]] | None = None,
   sampler_steps: int = 0,
+  rounds: int = 3,
 ) -> dict:
   """The benchmark on the config's mesh, or once per mesh layout (see the module docstring)."""
   if layouts:
@@ -213,12 +246,21 @@ def run(
   dataset = input_pipeline.make_dataset(cfg, tok, latent.stage_for(cfg), 0, 1)
   it = iter(dataset)
   batches = [next(it) for _ in range(warmup + steps)]
-  dt, useful, real = time_steps(trainer, batches, warmup)
+  packed = StepTimer(trainer, batches[warmup:])
+  packed.warm(batches[:warmup])
+  timers = [packed]
+  if padded:
+    padded_timer, padded_extra = padded_layout(cfg, mesh, tok, trainer, batches[warmup:])
+    timers.append(padded_timer)
+  seconds = interleaved(timers, rounds)
+  dt = float(np.median(seconds[0]))
+  useful, real = packed.useful, packed.real
   rows = cfg.train.global_batch_size
   result = {
     "devices": jax.device_count(),
     "device_kind": jax.devices()[0].device_kind,
     "params": trainer.counts["total"],
+    "rounds": rounds,
     "steps_per_s": steps / dt,
     "tokens_per_s": real / dt,
     "real_token_fraction": real / (steps * rows * cfg.data.seq_len),
@@ -229,41 +271,51 @@ def run(
   }
   result.update(memory_report(trainer, batches[0]))
   length = cfg.data.seq_len
-  packing = trainer.dit_cfg.packing
   result["attention_backend"] = attention.chosen_backend(
-    cfg.model.attention, length, length, packing
+    cfg.model.attention, length, length, dit.call_packings(trainer.dit_cfg.packing)[0]
   )
   result.update(attention_waste(batches[warmup:], trainer.dit_cfg.packing))
 
   if padded:
-    # The same examples the packed steps saw, one per row, padded to buckets.
-    opts = pipeline.Options.from_config(cfg.data)
-    tokenize = pipeline.Tokenize(opts, latent.geometry_for(cfg), tok)
-    source, _ = pipeline.open_source(cfg.data.source, cfg.data.data_dir, cfg.data.split)
-    rng = np.random.default_rng(0)
-    n_examples = int(sum(b["segment_ids"].max(axis=1).sum() for b in batches[warmup:]))
-    examples = [tokenize(source[i % len(source)], rng) for i in range(n_examples)]
-    shards_ = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(trainer.rules)]))
-    pbatches = padded_batches([e for e in examples if e is not None], opts, rows, shards_)
-    # The same model told the truth about these rows (one example each), so a backend that
-    # skips other examples' keys has none to skip: padded rows need no sparse attention.
-    one_per_row = attention.Packing(max_len=cfg.data.seq_len, max_segments=1)
-    ptrainer = Trainer(cfg, mesh, tok.vocab_size, packing=one_per_row)
-    result["padded_attention_backend"] = attention.chosen_backend(
-      cfg.model.attention, length, length, one_per_row
-    )
-    # Compile every bucket shape outside the timing.
-    shapes = {b["tokens"].shape: b for b in pbatches}
-    time_steps(ptrainer, list(shapes.values()), warmup=len(shapes))
-    pdt, _, preal = time_steps(ptrainer, pbatches, warmup=0)
+    pdt = np.asarray(seconds[1])
+    ratios = (real / np.asarray(seconds[0])) / (padded_timer.real / pdt)
     result.update(
-      padded_tokens_per_s=preal / pdt,
-      padded_real_token_fraction=preal / sum(b["segment_ids"].size for b in pbatches),
-      packed_over_padded=(real / dt) / (preal / pdt),
+      padded_extra,
+      padded_tokens_per_s=padded_timer.real / float(np.median(pdt)),
+      padded_real_token_fraction=padded_timer.real
+      / sum(b["segment_ids"].size for b in padded_timer.timed),
+      packed_over_padded=float(np.median(ratios)),
+      packed_over_padded_rounds=[round(float(r), 4) for r in ratios],
     )
   if sampler_steps:
     result.update(time_sampler(trainer, batches[0], sampler_steps))
   return result
+
+
+def padded_layout(cfg, mesh, tok, trainer: Trainer, timed: list[dict]):
+  """A timer of the examples `timed` packed, one per row in padded buckets, compiled."""
+  opts = pipeline.Options.from_config(cfg.data)
+  tokenize = pipeline.Tokenize(opts, latent.geometry_for(cfg), tok)
+  source, _ = pipeline.open_source(cfg.data.source, cfg.data.data_dir, cfg.data.split)
+  rng = np.random.default_rng(0)
+  n_examples = int(sum(b["segment_ids"].max(axis=1).sum() for b in timed))
+  examples = [tokenize(source[i % len(source)], rng) for i in range(n_examples)]
+  shards_ = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(trainer.rules)]))
+  rows = cfg.train.global_batch_size
+  pbatches = padded_batches([e for e in examples if e is not None], opts, rows, shards_)
+  # The same model told the truth about these rows (one example each), so a backend that
+  # skips other examples' keys has none to skip: padded rows need no sparse attention.
+  one_per_row = attention.Packing(cfg.data.seq_len, 1, kv_max_len=cfg.data.max_text_len)
+  ptrainer = Trainer(cfg, mesh, tok.vocab_size, packing=one_per_row)
+  length = cfg.data.seq_len
+  extra = {
+    "padded_attention_backend": attention.chosen_backend(
+      cfg.model.attention, length, length, dit.call_packings(one_per_row)[0]
+    )
+  }
+  timer = StepTimer(ptrainer, pbatches)
+  timer.warm(list({b["tokens"].shape: b for b in pbatches}.values()))  # Every bucket's shape.
+  return timer, extra
 
 
 def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
@@ -510,6 +562,7 @@ def main(argv: Sequence[str]) -> None:
       padded=FLAGS.padded,
       synthetic_examples=FLAGS.synthetic_examples,
       sampler_steps=FLAGS.sampler_steps,
+      rounds=FLAGS.rounds,
     )
     if FLAGS.attention_backends:
       for name in FLAGS.attention_backends:

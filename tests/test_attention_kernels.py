@@ -206,9 +206,37 @@ def test_segments_rows_that_break_the_packing_run_the_reference(breaks):
   np.testing.assert_allclose(np.asarray(_seg(q, k, v, seg, seg, packing)), np.asarray(want), **TOL)
 
 
+CROSS = attention.Packing(max_len=130, max_segments=3, kv_max_len=27)  # _cross's rows.
+
+
+def test_segments_cross_attention_to_packed_captions_matches_reference():
+  q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(45))
+  # Values and gradients; example 2 of row 0 has no caption, so its queries return zeros.
+
+  def cross(q, k, v):
+    return _seg(q, k, v, q_seg, kv_seg, packing=CROSS)
+
+  want = attention.attention(q, k, v, q_seg, kv_seg, backend="xla")
+  np.testing.assert_allclose(np.asarray(cross(q, k, v)), np.asarray(want), **TOL)
+  got = jax.grad(lambda *a: jnp.sum(jnp.sin(cross(*a))), (0, 1, 2))(q, k, v)
+  for g, r in zip(got, _grads("xla", q, k, v, q_seg, kv_seg)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+  np.testing.assert_array_equal(np.asarray(want)[0, 60:100], 0.0)
+  # A storyboard's window mask under jit, and a caption longer than the cap (reference).
+  mask = jnp.asarray(np.random.default_rng(46).random((2, 160, 39)) < 0.6)
+  fn = jax.jit(lambda q, k, v, m: _seg(q, k, v, q_seg, kv_seg, packing=CROSS, mask=m))
+  want = attention.attention(q, k, v, q_seg, kv_seg, mask=mask, backend="xla")
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, mask)), np.asarray(want), **TOL)
+  short = attention.Packing(max_len=130, max_segments=3, kv_max_len=20)
+  want = attention.attention(q, k, v, q_seg, kv_seg, backend="xla")
+  np.testing.assert_allclose(
+    np.asarray(_seg(q, k, v, q_seg, kv_seg, packing=short)), np.asarray(want), **TOL
+  )
+
+
 def test_segments_refuse_what_they_cannot_do_and_auto_falls_back():
   q, k, v, q_seg, kv_seg = _cross(np.random.default_rng(43))
-  with pytest.raises(attention.AttentionUnsupported, match="self-attention"):
+  with pytest.raises(attention.AttentionUnsupported, match="kv_max_len"):
     _seg(q, k, v, q_seg, kv_seg)
   q, k, v, seg = _packed(np.random.default_rng(44))
   with pytest.raises(attention.AttentionUnsupported, match="packing"):
@@ -399,8 +427,12 @@ def test_auto_picks_the_platform_kernel():
   assert attention.resolve_backend("auto", platform="cpu") == "segments"
   assert attention.resolve_backend("auto", platform="cpu", packed=False) == "xla"
   if jax.default_backend() == "cpu":  # ...where the slots hold most of the row, the reference.
-    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "xla"
-    assert attention.chosen_backend("auto", 256, 256, attention.Packing(16, 12)) == "segments"
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(64, 12)) == "xla"
+    assert attention.chosen_backend("auto", 256, 256, attention.Packing(40, 12)) == "segments"
+    # The demo's cross-attention to its captions: 12 slots of 40 x 16 of 256 x 192.
+    cross = attention.Packing(40, 12, kv_max_len=16)
+    assert attention.chosen_backend("auto", 256, 192, cross) == "segments"
+    assert attention.chosen_backend("auto", 256, 192, attention.Packing(40, 12)) == "xla"
     long_rows = attention.Packing(96, 256)
     assert attention.chosen_backend("auto", 16384, 16384, long_rows) == "segments"
     assert attention.chosen_backend("xla", 16384, 16384, long_rows) == "xla"

@@ -26,8 +26,8 @@ tokens per row) is what the caller knows about how its rows were packed.
 Backends that skip blocks bound their work with it; the others ignore it. It
 is a promise about speed, not semantics: a row that breaks it still gets the
 exact result. On CPUs "auto" picks "segments" for calls that pass it (the DiT's
-self-attention) where its slots hold at most a quarter of the row's logits
-(long rows of short examples; not the demo's rows), and "xla" for the rest.
+self- and cross-attention, the caption encoder) where its slots hold at most
+half of the row's logits, and "xla" for the rest.
 """
 
 from __future__ import annotations
@@ -47,10 +47,16 @@ class AttentionUnsupported(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Packing:
-  """How rows were packed: at most `max_segments` examples of at most `max_len` tokens each."""
+  """How rows were packed: at most `max_segments` examples of at most `max_len` tokens each.
+
+  `kv_max_len`: for attention whose keys are packed apart from the queries, the
+  same examples in the same order, each at most this many keys (the DiT's
+  cross-attention to its packed captions); None: the keys are the queries' rows.
+  """
 
   max_len: int
   max_segments: int
+  kv_max_len: int | None = None
 
 
 Backend = Callable[..., jax.Array]

@@ -140,6 +140,7 @@ def block_sparse_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None,
   def sparse(_):
     return _block_pairs(qp, kp, vp, q_seg, kv_seg, maskp, qi, kj, valid, block, scale, nq)[:, :lq]
 
+  @jax.checkpoint  # As in attention_segments: the cond keeps no dense residuals.
   def dense(_):
     return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
 

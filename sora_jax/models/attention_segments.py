@@ -20,12 +20,19 @@ demo's rows and on long rows of short examples (docs/performance.md).
 The contract, checked on device for every call: segment ids are 1..S in row
 order (0 = padding), each segment is contiguous and at most M tokens long. A
 row that breaks it runs the reference instead, through `lax.cond`: slower,
-never wrong. Without a `Packing`, or when queries and keys have different
-lengths (cross-attention), the backend refuses (`AttentionUnsupported`), and
-"auto" uses the reference for that call.
+never wrong. Without a `Packing` the backend refuses (`AttentionUnsupported`),
+and "auto" uses the reference for that call.
+
+Cross-attention to packed captions is the same computation with keys slotted
+by their own cap (`Packing.kv_max_len`, the caption length): example s's
+queries meet example s's caption, `[B, S, M, Mk]` logits in place of the
+reference's `[B, L, Lk]` (12 x 40 x 16 against 256 x 192 at the demo's rows).
+Keys of other lengths without a `kv_max_len` are refused.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,18 +47,34 @@ from sora_jax.models.attention import (
 
 _MASKED = -1e30
 # "auto" uses this backend where the slots hold at most this fraction of the dense row's
-# logits. At the demo's rows (29%) one layer runs in about half the reference's time, but
-# the whole training step measured 0.94-1.07x the reference over runs (docs/performance.md),
-# so the demo keeps the reference; long rows of short examples (under 1%) gain several-fold.
-AUTO_MAX_FRACTION = 0.25
+# logits. Measured on the demo's rows (29%: self-attention; 16%: cross-attention to the
+# captions; 8%: the caption encoder) the whole training step runs 1.09x the reference,
+# and long rows of short examples (under 1%) gain several-fold (docs/performance.md);
+# between 30% and 50% it is not measured.
+AUTO_MAX_FRACTION = 0.5
+
+
+def slot_lengths(q_length: int, kv_length: int, packing: Packing | None) -> tuple[int, int]:
+  """The query and key slot lengths; raises AttentionUnsupported where the backend refuses."""
+  if packing is None:
+    raise AttentionUnsupported("segments needs the rows' packing (attention.Packing)")
+  m_q = min(packing.max_len, q_length)
+  if packing.kv_max_len is not None:  # Keys packed apart (cross-attention to captions).
+    return m_q, min(packing.kv_max_len, kv_length)
+  if kv_length != q_length:
+    raise AttentionUnsupported(
+      f"segments: {q_length} queries x {kv_length} keys, and the packing gives no kv_max_len"
+    )
+  return m_q, m_q
 
 
 def slot_fraction(q_length: int, kv_length: int, packing: Packing | None) -> float:
   """The slots' logits as a fraction of the dense row's (inf where the backend refuses)."""
-  if packing is None or q_length != kv_length:
+  try:
+    m_q, m_k = slot_lengths(q_length, kv_length, packing)
+  except AttentionUnsupported:
     return float("inf")
-  m = min(packing.max_len, q_length)
-  return packing.max_segments * m * m / (q_length * kv_length)
+  return packing.max_segments * m_q * m_k / (q_length * kv_length)
 
 
 def worthwhile(q_length: int, kv_length: int, packing: Packing | None) -> bool:
@@ -106,30 +129,63 @@ def slot_maps(segment_ids: jax.Array, num_slots: int, slot_len: int):
 
 @register_backend("segments", uses_packing=True, worthwhile=worthwhile)
 def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale, packing):
-  b, length, h, d = q.shape
-  hkv = k.shape[2]
-  if packing is None:
-    raise AttentionUnsupported("segments needs the rows' packing (attention.Packing)")
-  if k.shape[1] != length:
-    raise AttentionUnsupported(f"segments is for self-attention; got {length} x {k.shape[1]}")
-  s_n, m_n = packing.max_segments, min(packing.max_len, length)
-  q_maps = slot_maps(q_segment_ids, s_n, m_n)
-  same = q_segment_ids is kv_segment_ids
-  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_n)
+  m_q, m_k = slot_lengths(q.shape[1], k.shape[1], packing)
+  static = (float(scale), packing.max_segments, m_q, m_k)
+  return _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static)
 
-  def sparse(_):
+
+# The contract check picks the slots or the reference with a `lax.cond`. Differentiated
+# through, a cond hands out the residuals of both branches (the one not taken filled with
+# zeros), which on CPUs cost as much as the slots' attention. So the cond sits inside a
+# custom VJP whose residuals are the inputs: the backward pass takes the same branch and
+# recomputes that branch's forward before its gradient (one more slot attention forward).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
+  keeps, sparse, dense = _branches(q_segment_ids, kv_segment_ids, mask, static)
+  return jax.lax.cond(keeps, sparse, dense, q, k, v)
+
+
+def _attend_fwd(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
+  out = _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static)
+  return out, (q, k, v, q_segment_ids, kv_segment_ids, mask)
+
+
+def _attend_bwd(static, res, g):
+  q, k, v, q_segment_ids, kv_segment_ids, mask = res
+  keeps, sparse, dense = _branches(q_segment_ids, kv_segment_ids, mask, static)
+
+  def grad_of(fn):
+    return lambda q, k, v, g: jax.vjp(fn, q, k, v)[1](g)
+
+  dq, dk, dv = jax.lax.cond(keeps, grad_of(sparse), grad_of(dense), q, k, v, g)
+  return dq, dk, dv, None, None, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _branches(q_segment_ids, kv_segment_ids, mask, static):
+  """(whether every row keeps the contract, slots(q, k, v), reference(q, k, v))."""
+  scale, s_n, m_n, m_k = static
+  q_maps = slot_maps(q_segment_ids, s_n, m_n)
+  same = q_segment_ids is kv_segment_ids and m_k == m_n
+  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_k)
+
+  def sparse(q, k, v):
+    b, _, h, d = q.shape
+    hkv = k.shape[2]
     q_tok, q_ok, q_slot, q_tok_ok, _ = q_maps
     k_tok, k_ok, k_slot, k_tok_ok, _ = kv_maps
     qs = _permute(q, q_tok, q_ok, q_slot, q_tok_ok).reshape(b, s_n, m_n, h, d)
-    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
-    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_n, hkv, d)
+    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_k, hkv, d)
+    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_k, hkv, d)
     if hkv != h:
       ks, vs = jnp.repeat(ks, h // hkv, axis=3), jnp.repeat(vs, h // hkv, axis=3)
-    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_n)
+    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_k)
     # Slot s holds segment s + 1 on both sides, so a query slot's keys are its example's.
-    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, M]
+    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, Mk]
     if mask is not None:
-      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_n)
+      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_k)
       allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
     logits = jnp.einsum("bsqhd,bskhd->bshqk", qs, ks, preferred_element_type=jnp.float32)
     logits = logits * scale + jnp.where(allowed, 0.0, _MASKED)[:, :, None]
@@ -139,11 +195,10 @@ def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, sca
     out = jnp.where(visible[..., None, None], out, 0).reshape(b, s_n * m_n, h, d)
     return _permute(out, q_slot, q_tok_ok, q_tok, q_ok).astype(q.dtype)
 
-  def dense(_):
+  def dense(q, k, v):
     return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
 
-  keeps = jnp.all(q_maps[4]) & jnp.all(kv_maps[4])
-  return jax.lax.cond(keeps, sparse, dense, None)
+  return jnp.all(q_maps[4]) & jnp.all(kv_maps[4]), sparse, dense
 
 
 def waste(segment_ids, packing: Packing) -> dict[str, float]:

@@ -93,11 +93,25 @@ class DiTConfig:
 
 
 def packing_of(data_cfg: Mapping[str, Any]) -> attention.Packing:
-  """The packing caps of a config's `data` section (tokens per example, examples per row)."""
+  """The packing caps of a config's `data` section (tokens per example, examples per row,
+  caption tokens per example as `kv_max_len`: the keys of the cross-attention)."""
   return attention.Packing(
     max_len=int(data_cfg["max_tokens_per_example"]),
     max_segments=int(data_cfg["max_examples_per_row"]),
+    kv_max_len=int(data_cfg["max_text_len"]),
   )
+
+
+def call_packings(packing: attention.Packing | None):
+  """(self-attention, cross-attention, caption encoder) packings of the rows `packing`
+  describes (its `kv_max_len`: the caption cap); None where unknown."""
+  if packing is None:
+    return None, None, None
+  self_attention = dataclasses.replace(packing, kv_max_len=None)
+  if packing.kv_max_len is None:
+    return self_attention, None, None
+  captions = attention.Packing(max_len=packing.kv_max_len, max_segments=packing.max_segments)
+  return self_attention, packing, captions
 
 
 class Block(nnx.Module):
@@ -110,13 +124,14 @@ class Block(nnx.Module):
         return {}
       return dict(lora_rank=cfg.lora.rank_for(target), lora_scale=cfg.lora.scale)
 
+    self_packing, cross_packing, _ = call_packings(cfg.packing)
     self.attn = layers.Attention(
       w,
       cfg.heads,
       qk_norm=cfg.qk_norm,
       backend=cfg.attention,
       context_parallel=cfg.context_parallel,
-      packing=cfg.packing,
+      packing=self_packing,
       **adapters("self_attention"),
       **kw,
     )
@@ -128,6 +143,7 @@ class Block(nnx.Module):
       qk_norm=cfg.qk_norm,
       backend=attention.other_calls_backend(cfg.attention),
       lengths=("length", "text_length"),
+      packing=cross_packing,
       **adapters("cross_attention"),
       **kw,
     )
@@ -170,6 +186,7 @@ class DiT(nnx.Module):
       cfg.text,
       rngs=rngs,
       backend=attention.other_calls_backend(cfg.attention),
+      packing=call_packings(cfg.packing)[2],
       scan=cfg.scan_layers,
       remat=cfg.remat,
       dtype=cfg.compute_dtype,

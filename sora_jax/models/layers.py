@@ -173,7 +173,7 @@ class Attention(nnx.Module):
     backend: str = "auto",
     context_parallel: str = "all_gather",
     lengths: tuple[str, str] = ("length", "length"),
-    packing=None,  # attention.Packing of the rows (self-attention), or None
+    packing=None,  # attention.Packing of the rows (kv_max_len set for cross-attention), or None
     rngs: nnx.Rngs,
     dtype,
     param_dtype,

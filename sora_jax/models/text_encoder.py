@@ -40,11 +40,16 @@ class TextConfig:
 
 
 class _Block(nnx.Module):
-  def __init__(self, cfg: TextConfig, backend: str, *, rngs, dtype, param_dtype):
+  def __init__(self, cfg: TextConfig, backend: str, packing, *, rngs, dtype, param_dtype):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.norm1 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
     self.attn = layers.Attention(
-      cfg.width, cfg.heads, backend=backend, lengths=("text_length", "text_length"), **kw
+      cfg.width,
+      cfg.heads,
+      backend=backend,
+      lengths=("text_length", "text_length"),
+      packing=packing,
+      **kw,
     )
     self.norm2 = layers.RMSNorm(cfg.width, "embed", param_dtype=param_dtype)
     self.mlp = layers.MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), length="text_length", **kw)
@@ -61,6 +66,7 @@ class SmallTextEncoder(nnx.Module):
     *,
     rngs: nnx.Rngs,
     backend: str = "auto",
+    packing=None,  # attention.Packing of the caption rows (per example cap, captions per row)
     scan: bool = True,
     remat: str = "none",
     dtype=jnp.float32,
@@ -74,7 +80,7 @@ class SmallTextEncoder(nnx.Module):
       init(rngs.params(), (cfg.vocab_size, cfg.width), param_dtype), out_sharding=("vocab", "embed")
     )
     self.blocks = stack.make_layers(
-      lambda r: _Block(cfg, backend, rngs=r, dtype=dtype, param_dtype=param_dtype),
+      lambda r: _Block(cfg, backend, packing, rngs=r, dtype=dtype, param_dtype=param_dtype),
       cfg.depth,
       rngs,
       scan,
