@@ -325,7 +325,8 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
   pallas_gpu and splash_tpu kernels, which mask by segment ids inside every block
   but visit all blocks) compute the whole padded row; block_sparse computes the
   block pairs whose segments meet (attention_block_sparse.waste); segments computes
-  one max_len slot per example the packing allows (attention_segments.waste).
+  one max_len slot per example the packing allows (attention_segments.waste). With
+  the packing's caption cap, the same for the cross-attention to the captions.
   """
   seg = np.concatenate([np.asarray(b["segment_ids"]) for b in batches])
   rows, length = seg.shape
@@ -341,10 +342,17 @@ def attention_waste(batches: Sequence[dict], packing) -> dict[str, float]:
   out[f"attention_waste_block_sparse@{w['block']}"] = w["waste"]
   out["attention_block_sparse_bound_fraction"] = w["bound_fraction_of_dense"]
   if packing is not None:
-    slots = attention_segments.waste(seg, packing)
+    slots = attention_segments.waste(seg, dit.call_packings(packing)[0])
     out["attention_waste_segments"] = slots["waste"]
     out["attention_segments_fraction_of_dense"] = slots["computed_fraction_of_dense"]
     out["attention_segments_broken_rows"] = slots["broken_rows"]
+  cross = dit.call_packings(packing)[1]
+  if cross is not None:  # Cross-attention to the packed captions: dense, or in slots.
+    text = np.concatenate([np.asarray(b["text_segment_ids"]) for b in batches])
+    slots = attention_segments.waste(seg, cross, text)
+    out["cross_attention_waste_xla"] = 1.0 - slots["useful_fraction_of_dense"]
+    out["cross_attention_waste_segments"] = slots["waste"]
+    out["attention_segments_broken_rows"] += slots["broken_rows"]
   return out
 
 

@@ -254,6 +254,13 @@ def test_segments_waste_counts_slot_padding():
   assert sg.waste(seg, attention.Packing(32, 2))["waste"] == pytest.approx(0.375)
   seg[0, 40:44] = 1  # Example 1 split in two: the row breaks the contract.
   assert sg.waste(seg, attention.Packing(32, 2))["broken_rows"] == 1
+  # Cross-attention: 32 + 16 queries to captions of 4 and 8 tokens in slots of 32 x 8.
+  seg[0, 40:44], text = 2, np.zeros((1, 16), np.int32)
+  text[0, :4], text[0, 4:12] = 1, 2
+  w = sg.waste(seg, attention.Packing(32, 2, kv_max_len=8), text)
+  assert w["waste"] == pytest.approx(1 - (32 * 4 + 16 * 8) / (2 * 32 * 8))
+  assert w["useful_fraction_of_dense"] == pytest.approx((32 * 4 + 16 * 8) / (64 * 16))
+  assert w["broken_rows"] == 0
 
 
 # On the device this suite runs on (launch/gpu_check.sh runs it on a GPU) -------

@@ -1,5 +1,7 @@
 """The benchmark binaries run end to end on a tiny config and report sane numbers."""
 
+import json
+
 import pytest
 from absl import flags
 
@@ -32,6 +34,8 @@ def test_training_benchmark_reports_throughput_memory_and_packing_ratio(tiny_dat
   )
   # The real packer's rows keep the segments backend's contract (ids 1..n, contiguous).
   assert result["attention_segments_broken_rows"] == 0
+  assert 0 < result["cross_attention_waste_segments"] < result["cross_attention_waste_xla"] < 1
+  json.dumps(result)  # What --output_json writes: plain Python numbers.
   assert all(0 <= v < 1 for v in waste.values()) and 0 < result["attention_useful_fraction"] < 1
 
 

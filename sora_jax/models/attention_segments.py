@@ -201,29 +201,40 @@ def _branches(q_segment_ids, kv_segment_ids, mask, static):
   return jnp.all(q_maps[4]) & jnp.all(kv_maps[4]), sparse, dense
 
 
-def waste(segment_ids, packing: Packing) -> dict[str, float]:
+def waste(segment_ids, packing: Packing, kv_segment_ids=None) -> dict[str, float]:
   """What this backend computes on rows `segment_ids [B, L]` (numpy), against what is needed.
 
-  useful    same-segment (query, key) pairs; computed: S * M^2 per row (every slot,
+  useful    same-segment (query, key) pairs; computed: S * M * Mk per row (every slot,
   used or not); broken_rows: rows that break the contract and run the reference.
+  `kv_segment_ids [B, Lk]`: the keys of a cross-attention (`packing.kv_max_len` slots).
   """
   seg = np.asarray(segment_ids)
+  kv = seg if kv_segment_ids is None else np.asarray(kv_segment_ids)
   rows, length = seg.shape
-  m = min(packing.max_len, length)
-  useful = sum(int(np.sum(row == s)) ** 2 for row in seg for s in set(row.tolist()) - {0})
-  computed = rows * packing.max_segments * m * m
-  broken = 0
-  for row in seg:
+  m, m_k = slot_lengths(length, kv.shape[1], packing)
+  useful = sum(
+    int(np.sum(q_row == s)) * int(np.sum(k_row == s))
+    for q_row, k_row in zip(seg, kv)
+    for s in set(q_row.tolist()) - {0}
+  )
+  computed = rows * packing.max_segments * m * m_k
+
+  def breaks(row, cap):
     ids = row[row > 0]
-    runs = ids[np.r_[True, ids[1:] != ids[:-1]]] if ids.size else ids
-    lengths = np.bincount(ids)[1:] if ids.size else np.zeros(0, int)
-    if ids.size and (
-      len(set(runs.tolist())) != len(runs) or ids.max() > packing.max_segments or lengths.max() > m
-    ):
-      broken += 1
+    if not ids.size:
+      return False
+    runs = ids[np.r_[True, ids[1:] != ids[:-1]]]
+    lengths = np.bincount(ids)[1:]
+    return (
+      len(set(runs.tolist())) != len(runs)
+      or ids.max() > packing.max_segments
+      or (lengths.max() > cap)
+    )
+
+  broken = sum(breaks(q_row, m) or breaks(k_row, m_k) for q_row, k_row in zip(seg, kv))
   return {
-    "useful_fraction_of_dense": useful / (rows * length * length),
+    "useful_fraction_of_dense": useful / (rows * length * kv.shape[1]),
     "waste": 1.0 - useful / max(computed, 1),
-    "computed_fraction_of_dense": computed / (rows * length * length),
-    "broken_rows": broken,
+    "computed_fraction_of_dense": computed / (rows * length * kv.shape[1]),
+    "broken_rows": int(broken),
   }
