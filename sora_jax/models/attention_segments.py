@@ -130,7 +130,9 @@ def slot_maps(segment_ids: jax.Array, num_slots: int, slot_len: int):
 @register_backend("segments", uses_packing=True, worthwhile=worthwhile)
 def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale, packing):
   m_q, m_k = slot_lengths(q.shape[1], k.shape[1], packing)
-  static = (float(scale), packing.max_segments, m_q, m_k)
+  # Whether the keys are the queries' rows (one array): one set of slot maps serves both.
+  same = q_segment_ids is kv_segment_ids and m_k == m_q
+  static = (float(scale), packing.max_segments, m_q, m_k, same)
   return _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static)
 
 
@@ -166,9 +168,8 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 def _branches(q_segment_ids, kv_segment_ids, mask, static):
   """(whether every row keeps the contract, slots(q, k, v), reference(q, k, v))."""
-  scale, s_n, m_n, m_k = static
+  scale, s_n, m_n, m_k, same = static
   q_maps = slot_maps(q_segment_ids, s_n, m_n)
-  same = q_segment_ids is kv_segment_ids and m_k == m_n
   kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_k)
 
   def sparse(q, k, v):
