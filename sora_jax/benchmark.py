@@ -8,8 +8,9 @@ examples padded to bucket lengths instead (one example per row, the tokens per
 batch kept equal by raising the rows per batch for shorter buckets, one
 compiled step per bucket, compile time excluded) and prints the ratio of useful
 tokens per second, packed over padded. The two layouts take turns for --rounds
-rounds (each round runs every timed batch once) and the medians are reported
-with each round's ratio, so the machine's drift falls on both alike. FLOPs count real tokens only
+rounds (each round runs every timed batch once, the two layouts taking turns step
+by step) and the medians are reported with each round's ratio, so the machine's
+drift falls on both alike. FLOPs count real tokens only
 (sora_jax.core.flops), so both layouts are credited the same useful work.
 
 Without --config.data.data_dir a small built-in synthetic dataset is generated
@@ -137,8 +138,8 @@ def ensure_data(cfg, num_examples: int = 2000) -> None:
 class StepTimer:
   """Times a trainer's step on pre-placed batches, repeatably: `warm` runs the untimed
   batches (compilation), each `time()` runs every timed batch once from the current state
-  and returns the seconds. Several timers alternate rounds so that a machine's drift
-  falls on every layout alike (`interleaved`)."""
+  and returns the seconds. Several timers take turns step by step so that a machine's
+  drift falls on every layout alike (`interleaved`)."""
 
   def __init__(self, trainer: Trainer, timed: list[dict], step=None):
     self.trainer = trainer
@@ -156,19 +157,33 @@ class StepTimer:
     jax.block_until_ready(self.state)
 
   def time(self) -> float:
+    """Seconds to run every timed batch once."""
+    return sum(self.time_one(i) for i in range(len(self.placed)))
+
+  def time_one(self, i: int) -> float:
+    """Seconds of one step on timed batch i, from the current state."""
     t0 = time.perf_counter()
-    for b in self.placed:
-      self.state, self.ema, _ = self.step(self.state, self.ema, b)
+    self.state, self.ema, _ = self.step(self.state, self.ema, self.placed[i])
     jax.block_until_ready(self.state)
     return time.perf_counter() - t0
 
 
 def interleaved(timers: Sequence[StepTimer], rounds: int) -> list[list[float]]:
-  """Seconds per round for each timer, the timers taking turns within every round."""
+  """Seconds per round for each timer (every timed batch once per round).
+
+  Within a round the timers take turns step by step (timer 0's batch i, timer 1's batch
+  i, ...), so a machine's drift, even within a round, falls on every layout alike.
+  """
   out = [[] for _ in timers]
+  longest = max(len(t.placed) for t in timers)
   for _ in range(rounds):
-    for times, timer in zip(out, timers):
-      times.append(timer.time())
+    spent = [0.0] * len(timers)
+    for i in range(longest):
+      for j, timer in enumerate(timers):
+        if i < len(timer.placed):
+          spent[j] += timer.time_one(i)
+    for times, s in zip(out, spent):
+      times.append(s)
   return out
 
 

@@ -186,6 +186,11 @@ def test_segments_many_short_examples_with_an_extra_mask_under_jit():
   fn = jax.jit(lambda q, k, v, s, m: _seg(q, k, v, s, s, packing=packing, mask=m))
   want = attention.attention(q, k, v, seg, seg, mask=mask, backend="xla")
   np.testing.assert_allclose(np.asarray(fn(q, k, v, seg, mask)), np.asarray(want), **TOL)
+  # Gradients too; some queries see no key at all (every one of theirs masked).
+  assert not np.all(np.any(np.asarray(mask) & (np.asarray(seg)[:, :, None] == seg[:, None]), -1))
+  got = jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a, seg, mask))), (0, 1, 2))(q, k, v)
+  for g, r in zip(got, _grads("xla", q, k, v, seg, seg, mask=mask)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,13 @@ the outputs back into the row:
 
 The blocks of this block-sparse layout are the examples themselves, so no
 logit pairs two examples; what is computed but unused is the slot padding
-(examples shorter than M, rows with fewer than S examples). The gathers are
-partial permutations, and the transpose of each is the gather the other way
-(a custom VJP), so the backward pass has no scatter: on CPUs one layer runs
-ahead of both the reference and the pair-listing "block_sparse" backend on the
-demo's rows and on long rows of short examples (docs/performance.md).
+(examples shorter than M, rows with fewer than S examples). Slots are
+head-major (`[B, H, S, M, D]`), so every einsum is a plain batched matmul, and
+the backward pass is flash attention's: the logits recomputed, the
+probabilities from the forward's log-sum-exp, no softmax and no stored
+`[.., M, M]` residuals. On CPUs one layer runs ahead of both the reference and
+the pair-listing "block_sparse" backend on the demo's rows and on long rows of
+short examples (docs/performance.md).
 
 The contract, checked on device for every call: segment ids are 1..S in row
 order (0 = padding), each segment is contiguous and at most M tokens long. A
@@ -81,25 +83,6 @@ def worthwhile(q_length: int, kv_length: int, packing: Packing | None) -> bool:
   return slot_fraction(q_length, kv_length, packing) <= AUTO_MAX_FRACTION
 
 
-@jax.custom_vjp
-def _permute(x, idx, ok, inv, inv_ok):
-  """Per row: x[idx] where ok, else 0. (idx, ok) and (inv, inv_ok) are inverse maps."""
-  y = jax.vmap(lambda a, i: a[i])(x, idx)
-  return jnp.where(ok.reshape(ok.shape + (1,) * (x.ndim - 2)), y, 0)
-
-
-def _permute_fwd(x, idx, ok, inv, inv_ok):
-  return _permute(x, idx, ok, inv, inv_ok), (idx, ok, inv, inv_ok)
-
-
-def _permute_bwd(res, g):
-  idx, ok, inv, inv_ok = res
-  return _permute(g, inv, inv_ok, idx, ok), None, None, None, None
-
-
-_permute.defvjp(_permute_fwd, _permute_bwd)
-
-
 def slot_maps(segment_ids: jax.Array, num_slots: int, slot_len: int):
   """The token <-> slot maps of rows `[B, L]` and whether every row keeps the contract.
 
@@ -127,6 +110,25 @@ def slot_maps(segment_ids: jax.Array, num_slots: int, slot_len: int):
   return slot_token, slot_ok, token_slot, token_ok, keeps
 
 
+def _to_slots(x, index, slots: int):
+  """Rows `[B, L, H, D]` -> head-major slots `[B, H, S, M, D]`.
+
+  Head-major, every slot's (M, D) block is contiguous, so the attention einsums are
+  plain batched matmuls. Slot positions past an example's end hold some other token
+  of the row: finite values that the masks keep out of every result.
+  """
+  b, _, h, d = x.shape
+  y = jax.vmap(lambda a, i: a[:, i])(jnp.swapaxes(x, 1, 2), index)  # [B, H, S*M, D]
+  return y.reshape(b, h, slots, -1, d)
+
+
+def _to_rows(y, index, ok):
+  """Head-major slots `[B, H, S, M, D]` -> rows `[B, L, H, D]` (zeros where not `ok`)."""
+  b, h, s, m, d = y.shape
+  x = jax.vmap(lambda a, i: a[:, i])(y.reshape(b, h, s * m, d), index)  # [B, H, L, D]
+  return jnp.swapaxes(jnp.where(ok[:, None, :, None], x, 0), 1, 2)
+
+
 @register_backend("segments", uses_packing=True, worthwhile=worthwhile)
 def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, scale, packing):
   m_q, m_k = slot_lengths(q.shape[1], k.shape[1], packing)
@@ -139,67 +141,124 @@ def segments_attention(q, k, v, q_segment_ids, kv_segment_ids, *, mask=None, sca
 # The contract check picks the slots or the reference with a `lax.cond`. Differentiated
 # through, a cond hands out the residuals of both branches (the one not taken filled with
 # zeros), which on CPUs cost as much as the slots' attention. So the cond sits inside a
-# custom VJP whose residuals are the inputs: the backward pass takes the same branch and
-# recomputes that branch's forward before its gradient (one more slot attention forward).
+# custom VJP whose residuals are small and the same for both branches: the inputs, the
+# output and the slots' log-sum-exp. The backward pass takes the same branch: in slots,
+# the flash-attention backward (the logits recomputed, the probabilities from the
+# log-sum-exp, no softmax); for the reference, its VJP.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
-  keeps, sparse, dense = _branches(q_segment_ids, kv_segment_ids, mask, static)
-  return jax.lax.cond(keeps, sparse, dense, q, k, v)
+  return _attend_fwd(q, k, v, q_segment_ids, kv_segment_ids, mask, static)[0]
 
 
 def _attend_fwd(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
-  out = _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static)
-  return out, (q, k, v, q_segment_ids, kv_segment_ids, mask)
+  scale, s_n, m_q, m_k, same = static
+  q_maps, kv_maps = _maps(q_segment_ids, kv_segment_ids, static)
+  b, _, h, _ = q.shape
+
+  def sparse(q, k, v):
+    return _slots_forward(q, k, v, q_maps, kv_maps, mask, scale, s_n)
+
+  def dense(q, k, v):
+    out = xla_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
+    return out, jnp.zeros((b, h, s_n, m_q), jnp.float32)
+
+  keeps = jnp.all(q_maps[4]) & jnp.all(kv_maps[4])
+  out, lse = jax.lax.cond(keeps, sparse, dense, q, k, v)
+  return out, (q, k, v, q_segment_ids, kv_segment_ids, mask, out, lse)
 
 
 def _attend_bwd(static, res, g):
-  q, k, v, q_segment_ids, kv_segment_ids, mask = res
-  keeps, sparse, dense = _branches(q_segment_ids, kv_segment_ids, mask, static)
+  q, k, v, q_segment_ids, kv_segment_ids, mask, out, lse = res
+  scale, s_n, _, _, _ = static
+  q_maps, kv_maps = _maps(q_segment_ids, kv_segment_ids, static)
 
-  def grad_of(fn):
-    return lambda q, k, v, g: jax.vjp(fn, q, k, v)[1](g)
+  def sparse(q, k, v, out, lse, g):
+    return _slots_backward(q, k, v, out, lse, g, q_maps, kv_maps, mask, scale, s_n)
 
-  dq, dk, dv = jax.lax.cond(keeps, grad_of(sparse), grad_of(dense), q, k, v, g)
+  def dense(q, k, v, out, lse, g):
+    fn = lambda q, k, v: xla_attention(
+      q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale
+    )
+    return jax.vjp(fn, q, k, v)[1](g)
+
+  keeps = jnp.all(q_maps[4]) & jnp.all(kv_maps[4])
+  dq, dk, dv = jax.lax.cond(keeps, sparse, dense, q, k, v, out, lse, g)
   return dq, dk, dv, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
-def _branches(q_segment_ids, kv_segment_ids, mask, static):
-  """(whether every row keeps the contract, slots(q, k, v), reference(q, k, v))."""
-  scale, s_n, m_n, m_k, same = static
-  q_maps = slot_maps(q_segment_ids, s_n, m_n)
-  kv_maps = q_maps if same else slot_maps(kv_segment_ids, s_n, m_k)
+def _maps(q_segment_ids, kv_segment_ids, static):
+  _, s_n, m_q, m_k, same = static
+  q_maps = slot_maps(q_segment_ids, s_n, m_q)
+  return q_maps, (q_maps if same else slot_maps(kv_segment_ids, s_n, m_k))
 
-  def sparse(q, k, v):
-    b, _, h, d = q.shape
-    hkv = k.shape[2]
-    q_tok, q_ok, q_slot, q_tok_ok, _ = q_maps
-    k_tok, k_ok, k_slot, k_tok_ok, _ = kv_maps
-    qs = _permute(q, q_tok, q_ok, q_slot, q_tok_ok).reshape(b, s_n, m_n, h, d)
-    ks = _permute(k, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_k, hkv, d)
-    vs = _permute(v, k_tok, k_ok, k_slot, k_tok_ok).reshape(b, s_n, m_k, hkv, d)
-    if hkv != h:
-      ks, vs = jnp.repeat(ks, h // hkv, axis=3), jnp.repeat(vs, h // hkv, axis=3)
-    qo, ko = q_ok.reshape(b, s_n, m_n), k_ok.reshape(b, s_n, m_k)
-    # Slot s holds segment s + 1 on both sides, so a query slot's keys are its example's.
-    allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, Mk]
-    if mask is not None:
-      qt, kt = q_tok.reshape(b, s_n, m_n), k_tok.reshape(b, s_n, m_k)
-      allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
-    logits = jnp.einsum("bsqhd,bskhd->bshqk", qs, ks, preferred_element_type=jnp.float32)
-    logits = logits * scale + jnp.where(allowed, 0.0, _MASKED)[:, :, None]
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bshqk,bskhd->bsqhd", probs, vs)
-    visible = jnp.any(allowed, axis=-1)  # [B, S, M]; a query with no key returns zeros.
-    out = jnp.where(visible[..., None, None], out, 0).reshape(b, s_n * m_n, h, d)
-    return _permute(out, q_slot, q_tok_ok, q_tok, q_ok).astype(q.dtype)
 
-  def dense(q, k, v):
-    return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, mask=mask, scale=scale)
+def _slot_logits(q, k, q_maps, kv_maps, mask, scale, s_n):
+  """(q and k in slots, the logits [B, H, S, M, Mk] in float32, masked pairs at -1e30)."""
+  q_tok, q_ok = q_maps[:2]
+  k_tok, k_ok = kv_maps[:2]
+  h, hkv = q.shape[2], k.shape[2]
+  qs = _to_slots(q, q_tok, s_n)
+  ks = _to_slots(k, k_tok, s_n)
+  if hkv != h:
+    ks = jnp.repeat(ks, h // hkv, axis=1)
+  b, m_q, m_k = q.shape[0], qs.shape[3], ks.shape[3]
+  qo, ko = q_ok.reshape(b, s_n, m_q), k_ok.reshape(b, s_n, m_k)
+  # Slot s holds segment s + 1 on both sides, so a query slot's keys are its example's.
+  allowed = qo[..., :, None] & ko[..., None, :]  # [B, S, M, Mk]
+  if mask is not None:
+    qt, kt = q_tok.reshape(b, s_n, m_q), k_tok.reshape(b, s_n, m_k)
+    allowed &= jax.vmap(lambda mk, i, j: mk[i[:, :, None], j[:, None, :]])(mask, qt, kt)
+  logits = jnp.einsum("bhsqd,bhskd->bhsqk", qs, ks, preferred_element_type=jnp.float32)
+  return qs, ks, jnp.where(allowed[:, None], logits * scale, _MASKED)
 
-  return jnp.all(q_maps[4]) & jnp.all(kv_maps[4]), sparse, dense
+
+def _slot_values(v, kv_maps, heads, s_n):
+  vs = _to_slots(v, kv_maps[0], s_n)
+  return jnp.repeat(vs, heads // v.shape[2], axis=1) if v.shape[2] != heads else vs
+
+
+def _slots_forward(q, k, v, q_maps, kv_maps, mask, scale, s_n):
+  """(out [B, L, H, D], log-sum-exp [B, H, S, M]) of attention in slots."""
+  _, _, logits = _slot_logits(q, k, q_maps, kv_maps, mask, scale, s_n)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  e = jnp.exp(logits - top)  # Masked keys: exactly 0, unless the query sees none.
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  probs = (e / total).astype(v.dtype)
+  out = jnp.einsum("bhsqk,bhskd->bhsqd", probs, _slot_values(v, kv_maps, q.shape[2], s_n))
+  # A query with no visible key (slot padding, or masked everywhere) returns zeros, and
+  # its log-sum-exp is huge, so the backward pass's probabilities for it are zeros too.
+  visible = top > _MASKED / 2
+  out = jnp.where(visible, out, 0)
+  lse = jnp.where(visible, top + jnp.log(total), -_MASKED)[..., 0]
+  return _to_rows(out, q_maps[2], q_maps[3]).astype(q.dtype), lse
+
+
+def _slots_backward(q, k, v, out, lse, g, q_maps, kv_maps, mask, scale, s_n):
+  """(dq, dk, dv): the flash-attention backward in slots, from the forward's log-sum-exp."""
+  h, hkv = q.shape[2], k.shape[2]
+  qs, ks, logits = _slot_logits(q, k, q_maps, kv_maps, mask, scale, s_n)
+  probs = jnp.exp(logits - lse[..., None])  # Masked pairs: exp(-1e30) = 0.
+  vs = _slot_values(v, kv_maps, h, s_n)
+  gs = _to_slots(g, q_maps[0], s_n)
+  # delta_i = sum_d g_id out_id = sum_j p_ij dp_ij: the softmax's Jacobian term, per query.
+  delta = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, L, H]
+  delta = _to_slots(delta[..., None], q_maps[0], s_n)  # [B, H, S, M, 1]
+  dp = jnp.einsum("bhsqd,bhskd->bhsqk", gs, vs, preferred_element_type=jnp.float32)
+  ds = (probs * (dp - delta) * scale).astype(q.dtype)
+  dq = jnp.einsum("bhsqk,bhskd->bhsqd", ds, ks)
+  dk = jnp.einsum("bhsqk,bhsqd->bhskd", ds, qs)
+  dv = jnp.einsum("bhsqk,bhsqd->bhskd", probs.astype(v.dtype), gs)
+  if hkv != h:  # Grouped keys: sum the gradients of the heads that shared them.
+    dk, dv = (x.reshape(x.shape[0], hkv, h // hkv, *x.shape[2:]).sum(2) for x in (dk, dv))
+  to_rows = lambda x, maps: _to_rows(x, maps[2], maps[3])
+  return (
+    to_rows(dq, q_maps).astype(q.dtype),
+    to_rows(dk, kv_maps).astype(k.dtype),
+    to_rows(dv, kv_maps).astype(v.dtype),
+  )
 
 
 def waste(segment_ids, packing: Packing, kv_segment_ids=None) -> dict[str, float]:
