@@ -8,7 +8,7 @@
     -> batch -> optional worker processes
 
 Every row of a batch is a dict of static shapes (K = max_examples_per_row,
-Lt = K * max_text_len):
+Lt = text_tokens_per_row, by default K * max_text_len):
 
   tokens            float32 [B, L, patch_dim]  patch values in [-1, 1]
   coords            int32   [B, L, 3]          (t, h, w) patch-grid coordinates
@@ -61,6 +61,11 @@ class Options:
   min_token_fraction: float = 1.0  # < 1: NaViT random resolution, budget ~ U[f, 1].
   token_drop_rate: float = 0.0  # > 0: drop up to this fraction of each example's tokens.
   max_text_len: int = 32  # Caption tokens per example, eos included.
+  # Caption tokens per row. 0: max_examples_per_row * max_text_len, room for every
+  # caption whatever the row holds. Smaller packs the captions as tightly as the tokens
+  # (a row also closes when its captions fill it): the caption encoder and the
+  # cross-attention keys then run on fewer padding tokens.
+  text_tokens_per_row: int = 0
   caption_dropout: float = 0.1  # Probability of an empty caption (classifier-free guidance).
   # Use examples' time-stamped captions (schema caption_windows): each caption token then
   # carries the token-frame window it is seen from (`text_frames` in the batch).
@@ -80,7 +85,7 @@ class Options:
   @property
   def text_len(self) -> int:
     """Lt: caption tokens per packed row."""
-    return self.max_examples_per_row * self.max_text_len
+    return self.text_tokens_per_row or self.max_examples_per_row * self.max_text_len
 
   @property
   def num_segments(self) -> int:
@@ -101,6 +106,14 @@ class Options:
       raise ValueError(f"data.token_drop_rate={self.token_drop_rate}; allowed [0, 1)")
     if not 0.0 < self.min_token_fraction <= 1.0:
       raise ValueError(f"data.min_token_fraction={self.min_token_fraction}; allowed (0, 1]")
+    if self.text_tokens_per_row and not (
+      self.max_text_len <= self.text_tokens_per_row and not self.caption_windows
+    ):
+      raise ValueError(
+        f"data.text_tokens_per_row={self.text_tokens_per_row}: allowed 0 (room for every "
+        f"caption) or at least data.max_text_len={self.max_text_len}, and only 0 with "
+        "caption_windows (an example's windows may hold several captions)"
+      )
     if min(self.max_examples_per_row, self.max_text_len, self.max_frames, self.frame_stride) < 1:
       raise ValueError(
         "data.max_examples_per_row, max_text_len, max_frames and frame_stride must be >= 1"

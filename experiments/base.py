@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     min_token_fraction=1.0,  # < 1: NaViT random resolution.
     token_drop_rate=0.0,
     max_text_len=64,
+    text_tokens_per_row=0,  # Caption tokens per row; 0: room for every caption (K x max_text_len).
     caption_dropout=0.1,
     # Time-stamped captions (e.g. synthetic --event_fraction): caption tokens seen only
     # from their window's frames (storyboards are then in distribution).

@@ -19,6 +19,10 @@ def get_config(arg=None):
     max_frames=8,
     min_frame_tokens=16,
     max_text_len=16,
+    # Captions are 8-10 tokens, 8-10 per row (at most 107 of a row's tokens seen): a
+    # budget of 128 instead of room for 12 full captions (192) cuts the caption encoder's
+    # and every cross-attention's keys by a third (docs/performance.md).
+    text_tokens_per_row=128,
     caption_dropout=0.1,
     num_packing_bins=16,
     frame_stride=3,  # 8 frames spanning up to 22 of a clip's: motion is visible.

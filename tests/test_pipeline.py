@@ -94,10 +94,12 @@ def _opts(**kw):
   return pipeline.Options(**base)
 
 
-def test_packing_invariants():
-  """Each example lands whole in exactly one row, with its own coordinates and text."""
+@pytest.mark.parametrize("text_budget", [0, 6])
+def test_packing_invariants(text_budget):
+  """Each example lands whole in exactly one row, with its own coordinates and text;
+  with a caption budget (`text_tokens_per_row`) no row's captions exceed it."""
   rng = np.random.default_rng(0)
-  opts = _opts(seq_len=64, max_examples_per_row=3, max_text_len=4)
+  opts = _opts(seq_len=64, max_examples_per_row=3, max_text_len=4, text_tokens_per_row=text_budget)
   examples = []
   for i in range(40):
     grid = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 6)))
@@ -114,7 +116,7 @@ def test_packing_invariants():
   for row in rows:
     seg, tseg = row["segment_ids"], row["text_segment_ids"]
     assert seg.shape == (64,) and row["tokens"].shape == (64, 2) and row["coords"].shape == (64, 3)
-    assert tseg.shape == (opts.text_len,)
+    assert tseg.shape == (opts.text_len,) == ((text_budget or 12),)
     assert seg.max() <= opts.max_examples_per_row
     np.testing.assert_array_equal(row["tokens"][seg == 0], 0)  # Padding is marked 0.
     for s in range(1, seg.max() + 1):
@@ -129,6 +131,11 @@ def test_packing_invariants():
       np.testing.assert_array_equal(row["text_ids"][tseg == s], want["text_ids"])
       seen.append(i)
   assert sorted(seen) == list(range(40)), "each example is packed exactly once"
+  # The budget binds: without it rows carry up to 10 caption tokens (14 rows); with 6,
+  # rows close when their captions fill them, so the same examples take more rows.
+  captions = [int((r["text_segment_ids"] > 0).sum()) for r in rows]
+  assert max(captions) <= (text_budget or 12)
+  assert (max(captions) > 6 and len(rows) == 14) if not text_budget else len(rows) > 14
 
 
 def _dataset(data_dir, opts, seed=0, **kw):
@@ -240,6 +247,10 @@ def test_options_validation():
     _opts(max_tokens_per_example=1000, seq_len=256).validate()
   with pytest.raises(ValueError, match="caption_dropout"):
     _opts(caption_dropout=2.0).validate()
+  with pytest.raises(ValueError, match="text_tokens_per_row=7: allowed 0"):
+    _opts(max_text_len=8, text_tokens_per_row=7).validate()
+  with pytest.raises(ValueError, match="caption_windows"):
+    _opts(text_tokens_per_row=64, caption_windows=True).validate()
 
 
 def test_tfds_and_array_record_sources_give_identical_batches(tiny_data_dir, tmp_path):
