@@ -6,7 +6,8 @@ Times the real jitted train step on batches from the real input pipeline,
 prefetched to the devices so only the step is timed. Then it runs the same
 examples padded to bucket lengths instead (one example per row, the tokens per
 batch kept equal by raising the rows per batch for shorter buckets, one
-compiled step per bucket, compile time excluded) and prints the ratio of useful
+compiled step per bucket, compile time excluded; --padded_buckets=examples sizes the
+buckets to the longest example instead of the row) and prints the ratio of useful
 tokens per second, packed over padded. The two layouts take turns for --rounds
 rounds (each round runs every timed batch once, the two layouts taking turns step
 by step) and the medians are reported with each round's ratio, so the machine's
@@ -93,6 +94,13 @@ def define_flags() -> None:
     3,
     "Timed rounds: packed and padded take turns each round (every timed batch once), and "
     "the medians and per-round ratios are reported, so drift falls on both alike.",
+  )
+  flags.DEFINE_enum(
+    "padded_buckets",
+    "rows",
+    BUCKETS,
+    "The padded layout's buckets: 'rows', seq_len / 2^k; 'examples', halving from the power "
+    "of two that holds max_tokens_per_example (a bucketing system sized to its data).",
   )
   flags.DEFINE_integer(
     "sampler_steps",
@@ -199,10 +207,32 @@ def time_steps(
   return timer.time(), timer.useful, timer.real
 
 
-def padded_batches(examples: list[dict], opts: pipeline.Options, rows: int, data_shards: int):
+BUCKETS = ("rows", "examples")
+
+
+def bucket_lengths(opts: pipeline.Options, fit: str = "rows") -> list[int]:
+  """The padded layout's 4 bucket lengths, halving from the top one.
+
+  "rows": from the packed row length (seq_len / 2^k, as bucketing systems use);
+  "examples": from the power of two that holds the longest example the data allows
+  (max_tokens_per_example), a bucketing system sized to its data: where rows are far
+  longer than examples (long rows of short examples) the "rows" buckets pad every
+  example to an eighth of a row, and this is the fair baseline.
+  """
+  if fit not in BUCKETS:
+    raise ValueError(f"--padded_buckets={fit}: allowed {', '.join(BUCKETS)}")
+  top = opts.seq_len
+  if fit == "examples":
+    top = min(top, 1 << max(0, opts.max_tokens_per_example - 1).bit_length())
+  return pipeline.bucket_lengths(top)
+
+
+def padded_batches(
+  examples: list[dict], opts: pipeline.Options, rows: int, data_shards: int, fit: str = "rows"
+):
   """The examples, bucketed and padded, with rows * seq_len padded tokens per batch."""
   out = []
-  buckets = pipeline.bucket_lengths(opts.seq_len)
+  buckets = bucket_lengths(opts, fit)
   for bucket in buckets:
     per_batch = max(data_shards, (rows * opts.seq_len // bucket) // data_shards * data_shards)
     group = [e for e in examples if len(e["tokens"]) <= bucket]
@@ -244,6 +274,7 @@ def run(
   layouts: Sequence[Mapping[str, int]] | None = None,
   sampler_steps: int = 0,
   rounds: int = 3,
+  padded_buckets: str = "rows",
 ) -> dict:
   """The benchmark on the config's mesh, or once per mesh layout (see the module docstring)."""
   if layouts:
@@ -265,7 +296,9 @@ def run(
   packed.warm(batches[:warmup])
   timers = [packed]
   if padded:
-    padded_timer, padded_extra = padded_layout(cfg, mesh, tok, trainer, batches[warmup:])
+    padded_timer, padded_extra = padded_layout(
+      cfg, mesh, tok, trainer, batches[warmup:], padded_buckets
+    )
     timers.append(padded_timer)
   seconds = interleaved(timers, rounds)
   dt = float(np.median(seconds[0]))
@@ -307,7 +340,7 @@ def run(
   return result
 
 
-def padded_layout(cfg, mesh, tok, trainer: Trainer, timed: list[dict]):
+def padded_layout(cfg, mesh, tok, trainer: Trainer, timed: list[dict], fit: str = "rows"):
   """A timer of the examples `timed` packed, one per row in padded buckets, compiled."""
   opts = pipeline.Options.from_config(cfg.data)
   tokenize = pipeline.Tokenize(opts, latent.geometry_for(cfg), tok)
@@ -317,16 +350,17 @@ def padded_layout(cfg, mesh, tok, trainer: Trainer, timed: list[dict]):
   examples = [tokenize(source[i % len(source)], rng) for i in range(n_examples)]
   shards_ = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(trainer.rules)]))
   rows = cfg.train.global_batch_size
-  pbatches = padded_batches([e for e in examples if e is not None], opts, rows, shards_)
+  pbatches = padded_batches([e for e in examples if e is not None], opts, rows, shards_, fit)
   # The same model told the truth about these rows (one example each), so a backend that
   # skips other examples' keys has none to skip: padded rows need no sparse attention.
   one_per_row = attention.Packing(cfg.data.seq_len, 1, kv_max_len=cfg.data.max_text_len)
   ptrainer = Trainer(cfg, mesh, tok.vocab_size, packing=one_per_row)
   length = cfg.data.seq_len
   extra = {
+    "padded_buckets": bucket_lengths(opts, fit),
     "padded_attention_backend": attention.chosen_backend(
       cfg.model.attention, length, length, dit.call_packings(one_per_row)[0]
-    )
+    ),
   }
   timer = StepTimer(ptrainer, pbatches)
   timer.warm(list({b["tokens"].shape: b for b in pbatches}.values()))  # Every bucket's shape.
@@ -586,6 +620,7 @@ def main(argv: Sequence[str]) -> None:
       synthetic_examples=FLAGS.synthetic_examples,
       sampler_steps=FLAGS.sampler_steps,
       rounds=FLAGS.rounds,
+      padded_buckets=FLAGS.padded_buckets,
     )
     if FLAGS.attention_backends:
       for name in FLAGS.attention_backends:

@@ -6,6 +6,7 @@ import pytest
 from absl import flags
 
 from data_pipelines import benchmark as data_benchmark
+from data_pipelines import pipeline
 from experiments import dit_tiny
 from sora_jax import benchmark
 
@@ -16,8 +17,24 @@ def _cfg(data_dir):
   return cfg
 
 
+def test_padded_buckets_fit_the_rows_or_the_examples():
+  demo = pipeline.Options(seq_len=256, max_tokens_per_example=40)
+  assert benchmark.bucket_lengths(demo) == [32, 64, 128, 256]
+  assert benchmark.bucket_lengths(demo, "examples") == [8, 16, 32, 64]
+  long_rows = pipeline.Options(seq_len=16384, max_tokens_per_example=96)
+  assert benchmark.bucket_lengths(long_rows) == [2048, 4096, 8192, 16384]
+  assert benchmark.bucket_lengths(long_rows, "examples") == [16, 32, 64, 128]
+  whole_row = pipeline.Options(seq_len=256, max_tokens_per_example=256)
+  assert benchmark.bucket_lengths(whole_row, "examples") == [32, 64, 128, 256]
+  with pytest.raises(ValueError, match="padded_buckets=tight"):
+    benchmark.bucket_lengths(demo, "tight")
+
+
 def test_training_benchmark_reports_throughput_memory_and_packing_ratio(tiny_data_dir):
-  result = benchmark.run(_cfg(tiny_data_dir), steps=2, warmup=1, padded=True, rounds=2)
+  cfg = _cfg(tiny_data_dir)
+  result = benchmark.run(cfg, steps=2, warmup=1, padded=True, rounds=2, padded_buckets="examples")
+  opts = pipeline.Options.from_config(cfg.data)
+  assert result["padded_buckets"] == benchmark.bucket_lengths(opts, "examples")
   for key in ("steps_per_s", "tokens_per_s", "tflops_per_s", "mfu", "packed_over_padded"):
     assert result[key] > 0, key
   # Packed and padded took turns; the reported ratio is the median of the rounds'.
