@@ -230,14 +230,25 @@ def bucket_lengths(opts: pipeline.Options, fit: str = "rows") -> list[int]:
 def padded_batches(
   examples: list[dict], opts: pipeline.Options, rows: int, data_shards: int, fit: str = "rows"
 ):
-  """The examples, bucketed and padded, with rows * seq_len padded tokens per batch."""
+  """The examples, bucketed and padded, with rows * seq_len padded tokens per batch.
+
+  A bucket's last batch is filled by cycling through its examples again, as a
+  bucketing trainer's steady state has full batches (short buckets hold many rows:
+  1,024 rows of 16 tokens for a 16k-token packed row).
+  """
   out = []
   buckets = bucket_lengths(opts, fit)
   for bucket in buckets:
     per_batch = max(data_shards, (rows * opts.seq_len // bucket) // data_shards * data_shards)
     group = [e for e in examples if len(e["tokens"]) <= bucket]
     group = [e for e in group if bucket == buckets[0] or len(e["tokens"]) > bucket // 2]
+    if not group:
+      continue
+    filled = -(-len(group) // per_batch) * per_batch
+    group = [group[i % len(group)] for i in range(filled)]
     out += list(pipeline.bucketed_batches(iter(group), opts, per_batch, [bucket]))
+  if not out:
+    raise ValueError(f"no example fits the padded buckets {buckets}")
   return out
 
 

@@ -30,6 +30,30 @@ def test_padded_buckets_fit_the_rows_or_the_examples():
     benchmark.bucket_lengths(demo, "tight")
 
 
+def test_padded_batches_are_full_with_every_example_in_its_bucket():
+  import numpy as np
+
+  opts = pipeline.Options(seq_len=64, max_tokens_per_example=32, max_text_len=4)
+  examples = [
+    {
+      "tokens": np.full((n, 3), n, np.float32),
+      "coords": np.zeros((n, 3), np.int32),
+      "text_ids": np.ones(2, np.int32),
+    }
+    for n in (5, 9, 30, 31)
+  ]
+  batches = benchmark.padded_batches(examples, opts, rows=2, data_shards=1, fit="examples")
+  # Buckets 4..32: 5 -> 8 (16 rows), 9 -> 16 (8 rows), 30 and 31 -> 32 (4 rows), all
+  # full (2 x 64 tokens each), a bucket's examples cycled to fill its batch.
+  assert [b["tokens"].shape[:2] for b in batches] == [(16, 8), (8, 16), (4, 32)]
+  for b in batches:
+    lengths = (b["segment_ids"] > 0).sum(1)
+    np.testing.assert_array_equal(lengths, b["tokens"][:, 0, 0])
+  assert sorted(set((batches[2]["segment_ids"] > 0).sum(1).tolist())) == [30, 31]
+  with pytest.raises(ValueError, match="no example fits"):
+    benchmark.padded_batches([], opts, rows=2, data_shards=1)
+
+
 def test_training_benchmark_reports_throughput_memory_and_packing_ratio(tiny_data_dir):
   cfg = _cfg(tiny_data_dir)
   result = benchmark.run(cfg, steps=2, warmup=1, padded=True, rounds=2, padded_buckets="examples")
