@@ -19,6 +19,8 @@ from experiments import demo
 def get_config(arg=None):
   c = demo.get_config(arg)
   # Descriptions take ~35 tokens (p99 44) with the recaptioned data's 512-piece tokenizer.
-  c.data.update(data_dir="out/demo_long/data", descriptive_captions=0.9, max_text_len=48)
+  c.data.update(
+    data_dir="out/demo_long/data", descriptive_captions=0.9, max_text_len=48, text_tokens_per_row=0
+  )
   c.sample.update(expander="out/demo_long/expander")
   return c

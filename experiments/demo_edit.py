@@ -22,6 +22,6 @@ from sora_jax.diffusion import conditioning
 
 def get_config(arg=None):
   c = demo.get_config(arg)
-  c.data.update(data_dir="out/demo_edit/data", caption_windows=True)
+  c.data.update(data_dir="out/demo_edit/data", caption_windows=True, text_tokens_per_row=0)
   c.flow.conditioning.update(conditioning.MIXTURE)
   return c

@@ -21,6 +21,7 @@ def get_config(arg=None):
     max_examples_per_row=256,
     max_tokens_per_example=96,
     num_packing_bins=2,
+    text_tokens_per_row=0,  # Room for 256 captions (the demo's budget holds ~13).
   )
   c.model.update(depth=2, width=128, heads=1)
   c.model.text.update(width=64, depth=1, heads=1)

@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import pathlib
 
 import jax
 import pytest
@@ -32,6 +33,21 @@ PRESETS = {
 def test_config_validates(name):
   cfg = importlib.import_module(f"experiments.{name}").get_config()
   validation.validate(cfg, for_training=False)
+
+
+EXPERIMENTS = sorted(
+  p.stem
+  for p in pathlib.Path(__file__).parent.parent.joinpath("experiments").glob("*.py")
+  if p.stem != "__init__"
+)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_has_valid_data_options(name):
+  # Caught one: the demo's caption budget inherited by a config with caption windows.
+  cfg = importlib.import_module(f"experiments.{name}").get_config()
+  if "data" in cfg:
+    pipeline.Options.from_config(cfg.data).validate()
 
 
 @pytest.mark.parametrize("name", PRESETS)
