@@ -119,6 +119,17 @@ def test_pooled_text_is_the_mean_of_the_visible_caption_tokens():
   window = jnp.asarray([[[True] * 5, [True, True, False, True, True], [False] * 5, [True] * 5]])
   pooled = np.asarray(dit.pool_text(text, seg, tseg, window))
   np.testing.assert_allclose(pooled[0, :, 0], [1.5, 4.5, 0.0, 0.0])
+  # Without a window the per-example means; with an all-true window the dense weights:
+  # the same, on random rows (segment 3 has no caption tokens: zeros).
+  rng = np.random.default_rng(0)
+  seg = jnp.asarray(np.sort(rng.integers(0, 5, (2, 40)), axis=1)[:, ::-1].copy())
+  tseg = jnp.asarray(np.where(np.arange(12) < 10, rng.choice([1, 2, 4], (2, 12)), 0))
+  text = jnp.asarray(rng.standard_normal((2, 12, 3)), jnp.float32)
+  np.testing.assert_allclose(
+    np.asarray(dit.pool_text(text, seg, tseg)),
+    np.asarray(dit.pool_text(text, seg, tseg, jnp.ones((2, 40, 12), bool))),
+    atol=1e-6,
+  )
 
 
 def test_fractional_positions_are_relative_to_each_packed_example():
