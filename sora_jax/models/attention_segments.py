@@ -151,7 +151,7 @@ def _attend(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
 
 
 def _attend_fwd(q, k, v, q_segment_ids, kv_segment_ids, mask, static):
-  scale, s_n, m_q, m_k, same = static
+  scale, s_n, m_q, _, _ = static
   q_maps, kv_maps = _maps(q_segment_ids, kv_segment_ids, static)
   b, _, h, _ = q.shape
 
