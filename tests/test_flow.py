@@ -50,3 +50,34 @@ def test_loss_is_zero_for_a_perfect_velocity_model():
     lambda *a: (a[0] - x0) / a[3][..., None], batch, jax.random.key(1), flow.FlowConfig(), 3
   )
   assert float(loss) < 1e-8 and int(aux["num_examples"]) == 2
+
+
+def test_data_prediction_loss_is_the_clean_error_at_every_t():
+  """With x0 prediction and min_t, a model that outputs x0 has zero loss at every t, and
+  any other output costs |x0 - out|^2 / max(t, min_t)^2, below min_t as well."""
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.standard_normal((1, 6, 4)), jnp.float32)
+  noise = jnp.asarray(rng.standard_normal((1, 6, 4)), jnp.float32)
+  batch = {
+    "tokens": x0,
+    "coords": jnp.zeros((1, 6, 3), jnp.int32),
+    "segment_ids": jnp.ones((1, 6), jnp.int32),
+    "text_ids": jnp.zeros((1, 2), jnp.int32),
+    "text_segment_ids": jnp.ones((1, 2), jnp.int32),
+  }
+  cfg = flow.FlowConfig(prediction="data", min_t=0.5)
+  t = jnp.asarray([[0.02, 0.1, 0.3, 0.5, 0.7, 0.95]])
+  exact = flow.token_loss(lambda *a: x0, batch, t, noise, cfg)
+  np.testing.assert_allclose(exact, 0.0, atol=1e-10)
+  off = flow.token_loss(lambda *a: x0 + 0.1, batch, t, noise, cfg)
+  np.testing.assert_allclose(off[0], 0.01 / np.maximum(np.asarray(t[0]), 0.5) ** 2, rtol=1e-4)
+
+
+def test_a_uniform_fraction_reaches_the_low_timesteps():
+  seg = jnp.ones((4096, 2), jnp.int32).at[:, 1].set(2)
+  low = {}
+  for fraction in (0.0, 0.5):
+    cfg = flow.FlowConfig(shift_min=1.0, shift_max=1.0, uniform_fraction=fraction)
+    t = np.asarray(flow.sample_timesteps(jax.random.key(0), seg, 3, cfg))
+    low[fraction] = float(np.mean(t < 0.1))
+  assert low[0.0] < 0.025 and 0.045 < low[0.5] < 0.07, low  # 1.4%; 0.5 * 10% + 0.7%.
