@@ -8,7 +8,7 @@ so the model predicts the velocity v and sampling integrates dx/dt = v from
 t = 1 down to t = 0.
 
 Timesteps are drawn per example (segment), logit-normal: t = sigmoid(m + s u)
-with u ~ N(0, 1), or with probability `uniform_fraction` uniform in [0, 1]. Larger examples need more noise to destroy the same
+with u ~ N(0, 1). Larger examples need more noise to destroy the same
 information, so t is then shifted by
 
   shift(n) = clip((n / shift_base_tokens) ** shift_power, shift_min, shift_max)
@@ -41,10 +41,6 @@ from sora_jax.diffusion import conditioning as conditioning_lib
 class FlowConfig:
   logit_mean: float = 0.0
   logit_std: float = 1.0
-  # This fraction of examples draws t uniformly instead (before the shift): the logit-normal
-  # puts ~0.2% of examples below t = 0.05, where a sampler's last steps run. A network
-  # that outputs velocity is near the identity there; one that outputs x0 must learn it.
-  uniform_fraction: float = 0.0
   shift_base_tokens: int = 256
   shift_power: float = 0.5
   shift_min: float = 0.5
@@ -91,10 +87,6 @@ def sample_timesteps(
   b = segment_ids.shape[0]
   u = jax.random.normal(rng, (b, num_segments))
   t = jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * u)
-  if cfg.uniform_fraction:
-    pick, uniform = (jax.random.fold_in(rng, i) for i in (1, 2))
-    mixed = jax.random.uniform(pick, (b, num_segments)) < cfg.uniform_fraction
-    t = jnp.where(mixed, jax.random.uniform(uniform, (b, num_segments)), t)
   t = shifted(t, shift_for(segment_counts(segment_ids, num_segments), cfg))
   return per_token(t, segment_ids)
 
