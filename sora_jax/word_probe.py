@@ -2,6 +2,7 @@ r"""Which caption words does a trained model use? Loss with the true word agains
 
   python -m sora_jax.word_probe --workdir=RUN --data_dir=DATA [--attribute=motion] \
       [--t=0.5,0.8,0.95,1.0] [--batches=3]
+  python -m sora_jax.word_probe --workdir=RUN --data_dir=DATA --denoising --t=0.02,0.1,0.3,0.5,0.9
 
 For packed batches of the synthetic dataset's eval split, each example's
 caption has one attribute word replaced by every other word of the vocabulary,
@@ -9,6 +10,10 @@ and the flow loss is computed with the same noise and timestep for the true and
 the swapped caption (sora_jax.evaluators.word_probe). Prints the win rate (the
 fraction of swaps where the true word has the lower loss; 0.5: the word is
 ignored) and the mean loss gap, per t.
+
+With --denoising, no word is swapped: it prints, per t, how close the model's clean
+estimate is to the clean tokens (dB; PSNR for pixels) beside its noisy input's figure.
+A model worse than its input at small t damages every sample's last steps.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def define_flags() -> None:
   flags.DEFINE_enum("attribute", "motion", list(word_probe.WORDS), "Which caption word to swap.")
   flags.DEFINE_list("t", ["0.5", "0.8", "0.95", "1.0"], "Timesteps (1 = pure noise).")
   flags.DEFINE_integer("batches", 3, "Packed batches to read.")
+  flags.DEFINE_bool("denoising", False, "Instead: the clean estimate's error per t, in dB.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -51,11 +57,23 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: --t={','.join(FLAGS.t)}: timesteps must lie in (0, 1]")
   try:
     run = run_lib.load(FLAGS.workdir, FLAGS.step)
-    result = word_probe.evaluate(
-      run, FLAGS.data_dir, FLAGS.attribute, timesteps, split=FLAGS.split, batches=FLAGS.batches
-    )
+    if FLAGS.denoising:
+      result = word_probe.denoising(
+        run, FLAGS.data_dir, timesteps, split=FLAGS.split, batches=FLAGS.batches
+      )
+    else:
+      result = word_probe.evaluate(
+        run, FLAGS.data_dir, FLAGS.attribute, timesteps, split=FLAGS.split, batches=FLAGS.batches
+      )
   except (checkpointing.CheckpointError, shards.DatasetError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  if FLAGS.denoising:
+    for t, r in result.items():
+      print(
+        f"t={t:<5} clean estimate {r['estimate_db']:5.1f} dB, its noisy input {r['input_db']:5.1f} dB"
+      )
+    print(json.dumps({str(t): r for t, r in result.items()}))
+    return
   for t, r in result.items():
     print(
       f"t={t:<5} {FLAGS.attribute}: the true word has the lower loss in "

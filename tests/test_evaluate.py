@@ -154,6 +154,16 @@ def test_word_probe_compares_true_and_swapped_words(run):
     assert r["pairs"] > 0 and 0.0 <= r["win_rate"] <= 1.0
 
 
+def test_denoising_probe_reports_estimate_and_input_per_t(run):
+  workdir, data = run
+  result = word_probe.denoising(run_lib.load(workdir), data, [0.05, 0.5], batches=1)
+  assert set(result) == {0.05, 0.5}
+  for r in result.values():
+    assert np.isfinite(r["estimate_db"]) and np.isfinite(r["input_db"])
+  # The input's error is t (noise - x0): ten times the t, 20 dB less.
+  assert abs(result[0.05]["input_db"] - result[0.5]["input_db"] - 20.0) < 1.0, result
+
+
 def test_evaluate_on_ingested_real_footage_measures_what_free_text_allows(run, tmp_path):
   """Captions outside the built-in vocabulary: nothing to read back, the rest is measured."""
   workdir, _ = run

@@ -71,3 +71,13 @@ def test_data_prediction_loss_is_the_clean_error_at_every_t():
   np.testing.assert_allclose(exact, 0.0, atol=1e-10)
   off = flow.token_loss(lambda *a: x0 + 0.1, batch, t, noise, cfg)
   np.testing.assert_allclose(off[0], 0.01 / np.maximum(np.asarray(t[0]), 0.5) ** 2, rtol=1e-4)
+
+
+def test_clean_estimate_inverts_both_predictions():
+  rng = np.random.default_rng(1)
+  x0, noise = (jnp.asarray(rng.standard_normal((1, 5, 3)), jnp.float32) for _ in range(2))
+  t = jnp.asarray([[0.01, 0.2, 0.5, 0.8, 1.0]])
+  xt = flow.noised(x0, noise, t, jnp.ones((1, 5), jnp.int32))
+  for prediction, out in (("velocity", noise - x0), ("data", x0)):
+    cfg = flow.FlowConfig(prediction=prediction)
+    np.testing.assert_allclose(flow.clean_estimate(out, xt, t, cfg), x0, atol=1e-5)

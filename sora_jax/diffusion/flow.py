@@ -151,6 +151,14 @@ def velocity(
   return (xt - out) / jnp.maximum(t, min_t)[..., None]
 
 
+def clean_estimate(out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig) -> jax.Array:
+  """The clean tokens x0_hat a network output stands for: the output itself ("data"), or
+  x_t - t v ("velocity"), the point the straight path reaches at t = 0."""
+  if cfg.prediction == "data":
+    return out
+  return xt - t[..., None] * out
+
+
 def token_loss(
   model, batch: Mapping[str, jax.Array], t: jax.Array, noise: jax.Array, cfg: FlowConfig
 ) -> jax.Array:
