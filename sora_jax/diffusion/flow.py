@@ -159,6 +159,23 @@ def clean_estimate(out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig)
   return xt - t[..., None] * out
 
 
+def network_output(
+  model, batch: Mapping[str, jax.Array], t: jax.Array, noise: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """(x_t, the network's output on it) for a packed batch noised to `t [B, L]`."""
+  xt = noised(batch["tokens"], noise, t, batch["segment_ids"])
+  out = model(
+    xt,
+    batch["coords"],
+    batch["segment_ids"],
+    t,
+    batch["text_ids"],
+    batch["text_segment_ids"],
+    batch.get("text_frames"),  # Caption windows (data.caption_windows), or None.
+  )
+  return xt, out
+
+
 def token_loss(
   model, batch: Mapping[str, jax.Array], t: jax.Array, noise: jax.Array, cfg: FlowConfig
 ) -> jax.Array:
@@ -167,17 +184,8 @@ def token_loss(
   The squared error of the velocity, averaged over features. Every user of the
   objective (training, evaluation probes) calls this, so they cannot drift apart.
   """
-  x0, seg = batch["tokens"], batch["segment_ids"]
-  xt = noised(x0, noise, t, seg)
-  out = model(
-    xt,
-    batch["coords"],
-    seg,
-    t,
-    batch["text_ids"],
-    batch["text_segment_ids"],
-    batch.get("text_frames"),  # Caption windows (data.caption_windows), or None.
-  )
+  x0 = batch["tokens"]
+  xt, out = network_output(model, batch, t, noise)
   pred = velocity(out, xt, t, cfg, min_t=cfg.min_t)
   # The target is the velocity the true x0 stands for under the same clip: noise - x0
   # where t >= min_t, and t / min_t of it below. Against the unclipped noise - x0, the

@@ -134,19 +134,9 @@ def denoising(
 
   @jax.jit
   def errors(params, batch, t, noise):
-    x0, seg = batch["tokens"], batch["segment_ids"]
-    xt = flow.noised(x0, noise, t, seg)
-    m = model.merge(params)
-    out = m(
-      xt,
-      batch["coords"],
-      seg,
-      t,
-      batch["text_ids"],
-      batch["text_segment_ids"],
-      batch.get("text_frames"),
-    )
-    real = (seg > 0)[..., None].astype(jnp.float32)
+    x0 = batch["tokens"]
+    xt, out = flow.network_output(model.merge(params), batch, t, noise)
+    real = (batch["segment_ids"] > 0)[..., None].astype(jnp.float32)
     n = real.sum() * x0.shape[-1]
     estimate = flow.clean_estimate(out, xt, t, run.flow_cfg)
     return (
