@@ -159,6 +159,28 @@ def test_bfloat16_compute_keeps_float32_params():
   assert np.all(np.isfinite(recon))
 
 
+def test_temporal_kernel_one_encodes_and_decodes_each_frame_alone():
+  cfg = ae.AutoencoderConfig(
+    latent_channels=4,
+    base_channels=8,
+    norm_groups=2,
+    channel_mults=(1, 2, 2),
+    temporal_down=(False, False),
+    temporal_kernel=1,
+  )
+  model = ae.VideoAutoencoder(cfg, rngs=nnx.Rngs(params=jax.random.key(0, impl="rbg")))
+  assert (cfg.temporal_factor, cfg.spatial_factor) == (1, 4)
+  x = _video((1, 6, 16, 16, 3))
+  mean, _ = _encode(model, x)
+  assert mean.shape == (1, 6, 4, 4, 4)  # Any frame count: no 1 + 4k rule.
+  for j in (0, 3, 5):  # Frame j's latent is the latent of frame j alone, before or after.
+    alone, _ = _encode(model, x[:, j : j + 1])
+    np.testing.assert_allclose(mean[:, j], alone[:, 0], atol=1e-5)
+    np.testing.assert_allclose(_decode(model, mean)[:, j], _decode(model, alone)[:, 0], atol=1e-5)
+  with pytest.raises(ValueError, match="temporal_kernel=0"):
+    ae.AutoencoderConfig(temporal_kernel=0)
+
+
 def test_every_parameter_has_logical_axis_names(model):
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     names = var.get_metadata().get("out_sharding")
