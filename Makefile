@@ -38,8 +38,13 @@ test: lint
 SEED ?= 0
 DEMO_AIMS := color:0.95,shape:0.7,motion:0.75,background:0.95,one_object:0.9
 EDIT_CLIPS ?= 8
+# Objects 0.35-0.6 of the frame's shorter side: the demo's 16x20-pixel clips show them at
+# 6-12 pixels (docs/performance.md, "4x4x4 patches"). Data made with other options is
+# remade (with its tokenizer) rather than reused.
+DEMO_DATA := --num_examples=10000 --seed=0 --min_object=0.35 --max_object=0.6
+DATA_STAMP := $(OUT)/data/.made-with-$(shell echo $(DEMO_DATA) | cksum | cut -d' ' -f1)
 demo: install
-	@test -f $(OUT)/data/manifest.json || $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data --num_examples=10000 --seed=0
+	@test -f $(DATA_STAMP) || { rm -rf $(OUT)/data && $(PY) -m data_pipelines.synthetic --output_dir=$(OUT)/data $(DEMO_DATA) && touch $(DATA_STAMP); }
 	@test -f $(OUT)/data/tokenizer.model || $(PY) -m data_pipelines.tokenizer --data_dir=$(OUT)/data --vocab_size=128
 	$(PY) -m sora_jax.train --config=experiments/demo.py --workdir=$(OUT)/run --config.data.data_dir=$(OUT)/data --config.seed=$(SEED)
 	$(PY) -m sora_jax.sample --workdir=$(OUT)/run --prompts_file=experiments/demo_prompts.jsonl --output=$(OUT)/samples

@@ -1,4 +1,4 @@
-"""The demo: a 4.7M-parameter pixel-space DiT trained on the built-in synthetic dataset on CPU.
+"""The demo: a 4.5M-parameter pixel-space DiT trained on the built-in synthetic dataset on CPU.
 
 make demo    (data, tokenizer, training, samples and the prompt-following evaluation)
 """
@@ -14,7 +14,7 @@ def get_config(arg=None):
     data_dir="out/demo/data",
     seq_len=256,
     max_examples_per_row=12,
-    # 8-frame clips at up to 32x40 pixels (2 x 20 tokens); images up to 40 tokens (48x48).
+    # 8-frame clips at up to 16x20 pixels (2 x 20 tokens); images up to 40 tokens (24x24).
     max_tokens_per_example=40,
     max_frames=8,
     min_frame_tokens=16,
@@ -31,8 +31,11 @@ def get_config(arg=None):
     # 4-frame patches: a token sees the object move, so direction is a property of
     # each token (like colour) rather than a relation between tokens that attention
     # must learn; 4x fewer tokens per clip also means ~3.5x more clips per CPU second.
-    # With (1, 8, 8) the demo's motion direction stayed at chance (docs/performance.md).
-    patch=(4, 8, 8),
+    # With (1, 8, 8) the demo's motion direction stayed at chance. 4x4 pixels: a token
+    # is 4x4x4x3 = 192 values, the model's width, where 4x8x8 patches (768 values,
+    # frames of 32x40) left the output a 192-dimensional subspace of each patch and the
+    # samples blocks of colour noise (docs/performance.md, "4x4x4 patches").
+    patch=(4, 4, 4),
     depth=6,
     width=192,
     heads=3,  # head_dim 64: attention is far cheaper on CPUs than with 32.
@@ -52,18 +55,17 @@ def get_config(arg=None):
   c.flow.conditioning.update(conditioning.MIXTURE)
   c.optim.update(lr=1e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.999)
   c.train.update(
-    # ~0.75 s per step on 2 cores (8 rows x 256 tokens, ~71 examples): ~20 minutes,
-    # within the demo's 30-minute budget. Small batches and many steps learned
-    # motion where 16 rows and 700 steps (the same examples) did not.
-    num_steps=1600,
+    # ~0.75 s per step on 2 cores (8 rows x 256 tokens, ~64 examples): ~12.5 minutes;
+    # ~1.2 s on one core (a machine at half speed): ~20 minutes, within the demo's 30.
+    # Small batches and many steps learned motion where 16 rows and 700 steps (the same
+    # examples) did not.
+    num_steps=1000,
     global_batch_size=8,
     log_every=50,
-    checkpoint_every=400,
+    checkpoint_every=500,
     keep_checkpoints=2,
-    # The safety net for make demo's 30 minutes: on a machine at half this one's speed
-    # (1.6-1.8 s per step) training stops near step 750 and the demo, with its editing
-    # examples (~3-5 min there), still ends in time, with a weaker model
-    # (docs/performance.md, "The demo's budget" and "Editing").
+    # The safety net for make demo's 30 minutes, if a machine is slower still or shared
+    # (docs/performance.md, "The demo's budget").
     time_limit_minutes=21.0,
   )
   c.mesh.update(data=1, fsdp=-1, tensor=1)

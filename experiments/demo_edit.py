@@ -4,7 +4,7 @@ captions trained on their windows (storyboards), on data where 30% of the moving
 change direction once.
 
 python -m data_pipelines.synthetic --output_dir=out/demo_edit/data --num_examples=10000 \
-    --seed=0 --event_fraction=0.3
+    --seed=0 --min_object=0.35 --max_object=0.6 --event_fraction=0.3
 python -m data_pipelines.tokenizer --data_dir=out/demo_edit/data --vocab_size=128
 python -m sora_jax.train --config=experiments/demo_edit.py --workdir=out/demo_edit/run
 python -m sora_jax.evaluate --workdir=out/demo_edit/run --data_dir=out/demo_edit/data \

@@ -2,7 +2,7 @@
 
   python -m sora_jax.export --workdir=out/demo/run --output=out/demo/model
   python -m data_pipelines.synthetic --output_dir=out/style/striped --num_examples=4000 \
-      --seed=1 --style=striped --style_fraction=0.5
+      --seed=1 --min_object=0.35 --max_object=0.6 --style=striped --style_fraction=0.5
   python -m sora_jax.train --config=experiments/demo_style.py --workdir=out/style/run_striped \
       --config.data.data_dir=out/style/striped --config.init_from=out/demo/model
   python -m sora_jax.export --workdir=out/style/run_striped --output=out/style/striped_preset
