@@ -14,7 +14,7 @@ def get_config(arg=None):
     data_dir="out/demo/data",
     seq_len=256,
     max_examples_per_row=12,
-    # 8-frame clips at up to 16x20 pixels (2 x 20 tokens); images up to 40 tokens (24x24).
+    # 8-frame clips at up to 16x20 pixels (2 x 20 tokens); images up to 40 tokens (20x32).
     max_tokens_per_example=40,
     max_frames=8,
     min_frame_tokens=16,
