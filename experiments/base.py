@@ -95,8 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
     shift_power=0.5,
     shift_min=0.5,
     shift_max=8.0,
-    prediction="velocity",  # or "data": the network outputs x0 (see sora_jax/diffusion/flow.py).
+    # or "data" (the network outputs x0) or "preconditioned" (EDM's skip and scale, with
+    # sigma_data the data's standard deviation); see sora_jax/diffusion/flow.py.
+    prediction="velocity",
     min_t=0.05,
+    sigma_data=0.5,
     # Clean frames given as context in training (sora_jax/diffusion/conditioning.py): the
     # weight of each task in the mixture; all on "text" = plain text-to-video.
     # conditioning.MIXTURE is the editing mixture (experiments/demo_edit.py).

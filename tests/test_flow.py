@@ -81,3 +81,38 @@ def test_clean_estimate_inverts_both_predictions():
   for prediction, out in (("velocity", noise - x0), ("data", x0)):
     cfg = flow.FlowConfig(prediction=prediction)
     np.testing.assert_allclose(flow.clean_estimate(out, xt, t, cfg), x0, atol=1e-5)
+
+
+def _skip_and_scale(t, sigma):
+  d = (1 - t) ** 2 * sigma**2 + t**2
+  return (1 - t) * sigma**2 / d, sigma * t / np.sqrt(d)
+
+
+def test_preconditioned_prediction_is_edm_skip_and_scale():
+  """ "preconditioned": x0_hat = c_skip x_t + c_out F; the loss is |F - F*|^2 at every t
+  (unit weight), the velocity it stands for is (x_t - x0_hat) / t and stays finite at t = 0."""
+  rng = np.random.default_rng(2)
+  x0, noise = (jnp.asarray(rng.standard_normal((1, 6, 4)), jnp.float32) for _ in range(2))
+  t = jnp.asarray([[0.0, 0.05, 0.3, 0.5, 0.8, 1.0]])
+  seg = jnp.ones((1, 6), jnp.int32)
+  xt = flow.noised(x0, noise, t, seg)
+  cfg = flow.FlowConfig(prediction="preconditioned", sigma_data=0.7)
+  c_skip, c_out = (jnp.asarray(c)[..., None] for c in _skip_and_scale(np.asarray(t), 0.7))
+  target = (x0 - c_skip * xt) / jnp.where(c_out > 0, c_out, 1.0)  # F* (any F at t = 0)
+  np.testing.assert_allclose(flow.clean_estimate(target, xt, t, cfg), x0, atol=1e-5)
+  v = flow.velocity(target, xt, t, cfg)
+  assert bool(jnp.all(jnp.isfinite(v)))
+  np.testing.assert_allclose(v[0, 1:], (noise - x0)[0, 1:], atol=1e-4)
+  np.testing.assert_allclose(v[0, 0], -xt[0, 0] - target[0, 0], atol=1e-6)  # D = s^2 at t = 0
+  batch = {
+    "tokens": x0,
+    "coords": jnp.zeros((1, 6, 3), jnp.int32),
+    "segment_ids": seg,
+    "text_ids": jnp.zeros((1, 2), jnp.int32),
+    "text_segment_ids": jnp.ones((1, 2), jnp.int32),
+  }
+  exact = flow.token_loss(lambda *a: target, batch, t, noise, cfg)
+  np.testing.assert_allclose(exact[0, 1:], 0.0, atol=1e-8)
+  off = flow.token_loss(lambda *a: target + 0.1, batch, t, noise, cfg)
+  np.testing.assert_allclose(off[0, 1:], 0.01, rtol=1e-3)  # F's error, whatever t
+  assert bool(jnp.all(jnp.isfinite(off)))  # t = 0 (given tokens, weight 0): finite

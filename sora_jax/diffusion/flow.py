@@ -18,9 +18,20 @@ where n is the example's token count (SD3's resolution-dependent shift,
 with the token count in place of the pixel count). Sampling applies the same
 shift to its uniform time grid, per example.
 
-The network may output v directly (`prediction="velocity"`) or a clean
-estimate x0_hat from which v = (x_t - x0_hat) / t (`prediction="data"`); the
-loss and the sampler always work with velocities. The loss is the squared error of v averaged over each example's tokens and
+The network may output v directly (`prediction="velocity"`), a clean
+estimate x0_hat from which v = (x_t - x0_hat) / t (`prediction="data"`), or
+the scaled residual F of EDM's preconditioning (`prediction="preconditioned"`,
+Karras et al. 2022) carried over to the straight path:
+
+  x0_hat = c_skip(t) x_t + c_out(t) F,   D = (1 - t)^2 s^2 + t^2,
+  c_skip = (1 - t) s^2 / D,              c_out = s t / sqrt(D),
+
+with s = `sigma_data`, so that F's target (x0 - c_skip x_t) / c_out has unit
+variance at every t and c_skip x_t is the best linear guess of x0. Near t = 0
+the estimate is mostly the input itself: the network only removes the little
+noise there is, where an x0-predicting network must rebuild every pixel of a
+clip it can already see. The loss is F's squared error, EDM's unit weighting.
+The loss and the sampler always work with velocities. The loss is the squared error of v averaged over each example's tokens and
 features, then over the examples of the batch, so one long video does not
 outweigh the images packed beside it.
 """
@@ -49,6 +60,8 @@ class FlowConfig:
   # "data" prediction: the loss is |x0 - x0_hat|^2 / max(t, min_t)^2, the velocity
   # error with its weight on near-clean timesteps capped (min_t = 1: the x0 error).
   min_t: float = 0.05
+  # "preconditioned" prediction: the standard deviation of the data.
+  sigma_data: float = 0.5
   # Clean context in training (sora_jax.diffusion.conditioning); None: text-to-video only.
   conditioning: conditioning_lib.ConditioningConfig | None = None
 
@@ -145,17 +158,28 @@ def velocity(
   of the noise; for large pixel patches that is the difference between
   learning and not. `min_t` clips the division (training only; sampling
   divides by the exact t > 0).
+  "preconditioned": v = (x_t - x0_hat) / t with the division done in closed form,
+  finite at t = 0 (see the module docstring).
   """
   if cfg.prediction == "velocity":
     return out
+  if cfg.prediction == "preconditioned":
+    t, s2 = t[..., None], cfg.sigma_data**2
+    d = (1.0 - t) ** 2 * s2 + t**2
+    return xt * (t - (1.0 - t) * s2) / d - out * (cfg.sigma_data * jax.lax.rsqrt(d))
   return (xt - out) / jnp.maximum(t, min_t)[..., None]
 
 
 def clean_estimate(out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig) -> jax.Array:
-  """The clean tokens x0_hat a network output stands for: the output itself ("data"), or
-  x_t - t v ("velocity"), the point the straight path reaches at t = 0."""
+  """The clean tokens x0_hat a network output stands for: the output itself ("data"),
+  c_skip x_t + c_out F ("preconditioned"), or x_t - t v ("velocity"), the point the
+  straight path reaches at t = 0."""
   if cfg.prediction == "data":
     return out
+  if cfg.prediction == "preconditioned":
+    t, s2 = t[..., None], cfg.sigma_data**2
+    d = (1.0 - t) ** 2 * s2 + t**2
+    return xt * ((1.0 - t) * s2 / d) + out * (cfg.sigma_data * t * jax.lax.rsqrt(d))
   return xt - t[..., None] * out
 
 
@@ -181,8 +205,9 @@ def token_loss(
 ) -> jax.Array:
   """The objective per token `[B, L]` at given timesteps `t [B, L]` and `noise`.
 
-  The squared error of the velocity, averaged over features. Every user of the
-  objective (training, evaluation probes) calls this, so they cannot drift apart.
+  The squared error of the velocity, averaged over features ("preconditioned": of F,
+  which is the velocity's error times D / sigma_data^2). Every user of the objective
+  (training, evaluation probes) calls this, so they cannot drift apart.
   """
   x0 = batch["tokens"]
   xt, out = network_output(model, batch, t, noise)
@@ -194,7 +219,12 @@ def token_loss(
   target = noise - x0
   if cfg.prediction == "data":
     target = velocity(x0, xt, t, cfg, min_t=cfg.min_t)
-  return jnp.mean(jnp.square(pred - target), axis=-1)
+  err = jnp.mean(jnp.square(pred - target), axis=-1)
+  if cfg.prediction == "preconditioned":
+    # |F - F*|^2 = |v - v*|^2 t^2 / c_out^2, without dividing by c_out (0 at t = 0).
+    s2 = cfg.sigma_data**2
+    err = err * ((1.0 - t) ** 2 * s2 + t**2) / s2
+  return err
 
 
 def context_loss(

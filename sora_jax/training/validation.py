@@ -209,8 +209,13 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     f"config.flow.shift_min={cfg.flow.shift_min}, shift_max={cfg.flow.shift_max}: need 0 < min <= max",
   )
   _require(
-    cfg.flow.prediction in ("velocity", "data"),
-    f"config.flow.prediction={cfg.flow.prediction!r}; allowed: 'velocity', 'data'",
+    cfg.flow.prediction in ("velocity", "data", "preconditioned"),
+    f"config.flow.prediction={cfg.flow.prediction!r}; allowed: 'velocity', 'data', "
+    "'preconditioned'",
+  )
+  _require(
+    cfg.flow.get("sigma_data", 0.5) > 0,
+    f"config.flow.sigma_data={cfg.flow.get('sigma_data')}: must be positive",
   )
   _require(0 < cfg.flow.min_t <= 1, f"config.flow.min_t={cfg.flow.min_t}: allowed (0, 1]")
   cond_error = conditioning.validate(cfg.flow.get("conditioning", {}))
