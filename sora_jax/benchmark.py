@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import resource
 import sys
@@ -613,7 +614,11 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if FLAGS.config is None:
     sys.exit("error: --config is required, e.g. --config=experiments/demo.py")
+  cli.quiet()
   distributed.initialize_from_flags()
+  if FLAGS.output_json:  # The only output folder: the log goes beside the results.
+    log_dir = os.path.join(os.path.dirname(FLAGS.output_json), "logs")
+    cli.say(f"sora_jax.benchmark: logs in {cli.log_to_file(log_dir, 'benchmark')}")
   try:
     layouts = parse_layouts(FLAGS.layouts) if FLAGS.layouts is not None else None
     if FLAGS.input_pipeline:

@@ -20,6 +20,7 @@ originals above reconstructions (sora_jax.evaluators.reconstruction):
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,9 @@ def main(argv: Sequence[str]) -> None:
   for name in ("autoencoder_workdir", "data_dir"):
     if not getattr(FLAGS, name):
       sys.exit(f"error: --{name} is required")
+  cli.quiet()
+  log_file = cli.log_to_file(os.path.join(FLAGS.output, "logs"), "benchmark_autoencoder")
+  cli.say(f"sora_jax.benchmark_autoencoder: logs in {log_file}")
   try:
     step = None if FLAGS.step < 0 else FLAGS.step
     # Reconstruction needs no latent statistics.

@@ -103,13 +103,14 @@ def peak_rss(args: list[str], scratch: str) -> tuple[int, float, int, str]:
 def measure(
   cfg, tokenizer_path: str, workdir: str, dtype: str, max_shard_size: str, group: str
 ) -> dict[str, float]:
-  shutil.rmtree(workdir, ignore_errors=True)
   run = os.path.join(workdir, "run")
+  out = os.path.join(workdir, "export")
+  for stale in (run, out):  # WORKDIR/logs stays: the command's log is open there.
+    shutil.rmtree(stale, ignore_errors=True)
   stats = write_checkpoint(cfg, tokenizer_path, run)
   baseline, _, rc, err = peak_rss(["-c", "import jax, sora_jax.export; jax.devices()"], workdir)
   if rc:
     raise RuntimeError(f"baseline child failed: {err}")
-  out = os.path.join(workdir, "export")
   peak, seconds, rc, err = peak_rss(
     [
       "sora_jax.export",
@@ -149,6 +150,9 @@ def main(argv: Sequence[str]) -> None:
       sys.exit(f"error: --{name} is required")
   if not os.path.isfile(FLAGS.tokenizer):
     sys.exit(f"error: --tokenizer={FLAGS.tokenizer}: no such file")
+  cli.quiet()
+  log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "benchmark_export")
+  cli.say(f"sora_jax.benchmark_export: logs in {log_file}")
   try:
     result = measure(
       FLAGS.config,

@@ -253,6 +253,9 @@ def main(argv: Sequence[str]) -> None:
   for name in ("autoencoder_workdir", "data_dir", "output_dir"):
     if not getattr(FLAGS, name):
       sys.exit(f"error: --{name} is required")
+  cli.quiet()
+  log_file = cli.log_to_file(os.path.join(FLAGS.output_dir, "logs"), "cache_latents")
+  cli.say(f"sora_jax.cache_latents: logs in {log_file}")
   try:
     out = run(
       FLAGS.autoencoder_workdir,

@@ -411,11 +411,15 @@ def main(argv: Sequence[str]) -> None:
     target = parse_topology(FLAGS.topology)
   except ValueError as e:
     sys.exit(f"error: {e}")
+  cli.quiet()  # log_to_file (below) starts jax: after the platform settings.
   # This process never runs the step: its own backend is the CPU, with as many
   # devices as a fake-device target needs (set before jax starts a backend).
   jax.config.update("jax_platforms", "cpu")
   if target.kind != "tpu":
     jax.config.update("jax_num_cpu_devices", target.num_devices)
+  if FLAGS.output_json:  # The only output folder: the log goes beside the report.
+    log_dir = os.path.join(os.path.dirname(FLAGS.output_json), "logs")
+    cli.say(f"sora_jax.compile: logs in {cli.log_to_file(log_dir, 'compile')}")
 
   cfg = FLAGS.config
   try:

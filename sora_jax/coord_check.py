@@ -47,7 +47,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: --widths={','.join(FLAGS.widths)}: must be integers")
   if len(widths) < 2 or FLAGS.steps < 2:
     sys.exit("error: the check needs at least 2 widths and --steps >= 2")
+  cli.quiet()
   distributed.initialize_from_flags()
+  log_file = cli.log_to_file(os.path.join(FLAGS.output, "logs"), "coord_check")
+  cli.say(f"sora_jax.coord_check: logs in {log_file}")
   cfg = FLAGS.config
   try:
     validation.validate(cfg)

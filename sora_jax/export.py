@@ -19,6 +19,7 @@ adapter_config.json. Use the result with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,13 @@ def main(argv: Sequence[str]) -> None:
   for name in ("workdir", "output"):
     if not FLAGS[name].value:
       sys.exit(f"error: --{name} is required")
+  cli.quiet()
+  # --output is the published directory (new, or replaced under --overwrite), so the log goes
+  # beside the run's own; a missing (mistyped) or read-only --workdir gets no log file.
+  with contextlib.suppress(OSError):
+    if os.path.isdir(FLAGS.workdir):
+      log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "export")
+      cli.say(f"sora_jax.export: logs in {log_file}")
   try:
     opts = model_dir.ExportOptions(
       weights=FLAGS.weights,

@@ -15,9 +15,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from sora_jax.analysis import plots, scaling
+from sora_jax.core import cli
 
 FLAGS = flags.FLAGS
 
@@ -72,8 +73,11 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS.root:
     sys.exit("error: --root is required")
   out = FLAGS.output or os.path.join(FLAGS.root, "fit")
+  cli.quiet()
   try:
     results = scaling.load_results(FLAGS.root)
+    # Only once there are results: a mistyped --root fails above without making a folder.
+    cli.say(f"sora_jax.scaling: logs in {cli.log_to_file(os.path.join(out, 'logs'), 'scaling')}")
     print(f"{len(results)} runs from {FLAGS.root}", flush=True)
     fit = scaling.analyze(
       results,
@@ -93,4 +97,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -141,6 +141,7 @@ def main(argv: Sequence[str]) -> None:
   for name in ("sweep", "root"):
     if not getattr(FLAGS, name):
       sys.exit(f"error: --{name} is required")
+  cli.quiet()
   try:
     sweep = sweeps.load_sweep(FLAGS.sweep)
     extra = {"data.data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}
@@ -159,6 +160,9 @@ def main(argv: Sequence[str]) -> None:
       print(f"{entry['name']}: held-out loss {out['heldout_loss']:.4f}")
       return
     peak, _ = flops.device_peak_flops()
+    # After jax has started (above), never before: a --point process (returned earlier)
+    # leaves the accelerators to its training child, whose logs are in the point's folder.
+    cli.say(f"sora_jax.sweep: logs in {cli.log_to_file(os.path.join(FLAGS.root, 'logs'), 'sweep')}")
     print_manifest(manifest, achieved_flops_per_s(manifest, peak))
     if FLAGS.dry_run:
       return

@@ -18,7 +18,9 @@ A model worse than its input at small t damages every sample's last steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +57,12 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"error: --t={','.join(FLAGS.t)}: expected numbers in (0, 1]")
   if not all(0 < t <= 1 for t in timesteps):
     sys.exit(f"error: --t={','.join(FLAGS.t)}: timesteps must lie in (0, 1]")
+  cli.quiet()
+  # Beside the run's own logs; a missing (mistyped) or read-only --workdir gets no log file.
+  with contextlib.suppress(OSError):
+    if os.path.isdir(FLAGS.workdir):
+      log_file = cli.log_to_file(os.path.join(FLAGS.workdir, "logs"), "word_probe")
+      cli.say(f"sora_jax.word_probe: logs in {log_file}")
   try:
     run = run_lib.load(FLAGS.workdir, FLAGS.step)
     if FLAGS.denoising:

@@ -6,6 +6,7 @@ itself, before jax starts a backend.
 
 import importlib.util
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def test_tiny_preset_compiles_on_fake_devices_with_fsdp_and_tensor(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
+  # Library logs (absl's "I1129 ..." lines) go to a file beside the report, not the terminal.
+  assert not re.search(r"^[IW]\d{4} ", proc.stderr, re.M), proc.stderr[-3000:]
+  assert (tmp_path / "logs" / "compile.log").exists()
   assert "mesh data=1 fsdp=4 context=1 tensor=2" in proc.stdout
   for line in ("arguments", "temporaries", "total", "XLA cost analysis", "analytic, full rows"):
     assert line in proc.stdout, line

@@ -5,6 +5,7 @@ and one clear line for each bad input."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -269,6 +270,7 @@ def _cmd(module, *args):
 def _one_line(r, message):
   assert r.returncode != 0
   assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert not re.search(r"^[IW]\d{4} ", r.stderr, re.M), r.stderr[-3000:]  # Logs: in a file.
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, last
 
@@ -301,9 +303,10 @@ def test_bad_inputs_give_one_line(exported, adapter_run, tmp_path):
     _cmd("sora_jax.export", f"--workdir={tmp_path}", f"--output={tmp_path}/o"),
     "no checkpoints found",
   )
-  _one_line(
-    _cmd("sora_jax.export", f"--workdir={workdir}", f"--output={model}"), "pass --overwrite"
-  )
+  assert os.listdir(tmp_path / "logs") == ["export.log"]  # Beside the run's own logs.
+  run = str(tmp_path / "run")  # A copy: the command's log goes in the run, which is shared.
+  shutil.copytree(workdir, run)
+  _one_line(_cmd("sora_jax.export", f"--workdir={run}", f"--output={model}"), "pass --overwrite")
   broken = str(tmp_path / "broken")
   shutil.copytree(model, broken)
   shard = os.path.join(broken, sorted(f for f in os.listdir(broken) if "-of-" in f)[1])

@@ -23,7 +23,6 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-import jax
 from absl import app, flags, logging
 from tqdm import tqdm
 
@@ -100,6 +99,13 @@ def require(argv: Sequence[str], **flags_and_hints: str) -> None:
       sys.exit(f"error: --{name} is required{hint}")
 
 
+def _process_index() -> int:
+  """jax.process_index(), or 0 where jax was never imported: such a program (e.g.
+  sora_jax.scaling) is one process, and this module does not import jax for it."""
+  jax = sys.modules.get("jax")
+  return 0 if jax is None else jax.process_index()
+
+
 def verbose() -> bool:
   """Whether the user asked for library logs on the terminal."""
   return any(
@@ -133,7 +139,7 @@ def log_to_file(directory: str, program: str) -> str:
   Process K > 0 writes PROGRAM.process_K.log. Under `verbose()` logs stay on the
   terminal, as absl's flags say.
   """
-  k = jax.process_index()
+  k = _process_index()
   path = os.path.join(directory, f"{program}.log" if k == 0 else f"{program}.process_{k}.log")
   handler = logging.get_absl_handler().python_handler
   held = handler.stream
@@ -150,7 +156,7 @@ def log_to_file(directory: str, program: str) -> str:
 def say(message: str) -> None:
   """An informative line for the person waiting: stdout on process 0, and the log."""
   logging.info("%s", message)
-  if jax.process_index() == 0:
+  if _process_index() == 0:
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
 
@@ -166,7 +172,7 @@ def progress(total: int, *, initial: int = 0, desc: str = "", unit: str = "step"
     initial=initial,
     desc=desc,
     unit=unit,
-    disable=jax.process_index() != 0,
+    disable=_process_index() != 0,
     mininterval=0.5 if tty else 60.0,
     dynamic_ncols=True,
     smoothing=0.05,
