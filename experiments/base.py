@@ -176,7 +176,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample = dict(
     steps=50,
     cfg_scale=5.0,
-    sampler="heun",
+    sampler="heun",  # or "euler", or "stochastic" (with eta; sora_jax/sampling/sampler.py)
+    eta=0.25,
     fps=8,
     guidance_interval=(0.0, 1.0),
     frames_cfg_scale=1.0,

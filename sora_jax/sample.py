@@ -80,7 +80,12 @@ def define_flags() -> None:
   flags.DEFINE_float(
     "frames_cfg_scale", None, "Editing: guidance over the given frames; 1 = off (the config's)."
   )
-  flags.DEFINE_enum("sampler", None, list(sampler.SAMPLERS), "ODE solver (default: the config's).")
+  flags.DEFINE_enum(
+    "sampler", None, list(sampler.SAMPLERS), "Solver (default: the config's sample.sampler)."
+  )
+  flags.DEFINE_float(
+    "eta", None, "The stochastic solver's share of fresh noise, 0-1 (default: sample.eta)."
+  )
   flags.DEFINE_integer("seed", 0, "Seed of the first variant; variant k uses seed + k.")
   flags.DEFINE_integer("num_variants", 1, "Videos per prompt.")
   flags.DEFINE_string("output", "out/samples", "Output directory.")
@@ -319,6 +324,7 @@ def main(argv: Sequence[str]) -> None:
       cfg_scale=FLAGS.cfg_scale,
       method=FLAGS.sampler,
       frames_cfg_scale=FLAGS.frames_cfg_scale,
+      eta=FLAGS.eta,
     )
   except (
     sampler.RequestError,

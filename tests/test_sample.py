@@ -54,6 +54,20 @@ def test_a_request_does_not_depend_on_what_shares_its_row(workdir):
   np.testing.assert_allclose(alone[0].astype(int), packed[1].astype(int), atol=1)
 
 
+def test_stochastic_solver(workdir):
+  """eta = 0 is Euler; with fresh noise a request still depends only on its own seed."""
+  run = run_lib.load(workdir)
+  red = sampling.Request("a red square", 2, 16, 16, seed=7)
+  blue = sampling.Request("a blue square", 3, 16, 24, seed=1)
+  gen = lambda reqs, **kw: run_lib.generate(run, reqs, steps=3, progress=False, **kw)
+  euler = gen([red], method="euler")[0].astype(int)
+  np.testing.assert_allclose(gen([red], method="stochastic", eta=0.0)[0], euler, atol=1)
+  alone = gen([red], method="stochastic", eta=0.6)[0].astype(int)
+  packed = gen([blue, red], method="stochastic", eta=0.6)[1].astype(int)
+  np.testing.assert_allclose(alone, packed, atol=1)
+  assert np.abs(alone - euler).max() > 8  # The fresh noise changes the result.
+
+
 def test_several_requests_share_rows():
   from data_pipelines import sizing
   from data_pipelines.pipeline import Options
@@ -156,6 +170,10 @@ def test_sample_expands_prompts_prints_and_saves_them(workdir, tmp_path):
     (["--num_frames=-2"], "must be positive"),
     (["--width=512", "--height=512", "--num_frames=8"], "config.data.seq_len"),
     (["--step=999"], "--step=999: not found"),
+    (
+      ["--sampler=stochastic", "--eta=1.5", "--num_frames=2", "--width=16", "--height=16"],
+      "0 <= eta <= 1",
+    ),
   ],
 )
 def test_sample_binary_rejects_bad_input_with_one_line(workdir, tmp_path, args, message):

@@ -138,6 +138,7 @@ def generate(
   cfg_scale: float | None = None,
   method: str | None = None,
   frames_cfg_scale: float | None = None,
+  eta: float | None = None,
   progress: bool = True,
 ) -> list[np.ndarray]:
   """Videos, uint8 `[T, H, W, 3]` per request; unset settings come from the run's config.
@@ -153,6 +154,7 @@ def generate(
     cfg_scale=cfg_scale,
     method=method,
     frames_cfg_scale=frames_cfg_scale,
+    eta=eta,
     progress=progress,
   )
   videos = _denoise(run, rows, requests, **kw)
@@ -174,7 +176,7 @@ def generate(
 
 
 def _denoise(
-  run, rows, requests, *, steps, cfg_scale, method, frames_cfg_scale, progress
+  run, rows, requests, *, steps, cfg_scale, method, frames_cfg_scale, eta, progress
 ) -> list[np.ndarray]:
   logging.info(
     "%d requests packed into %d rows of %d tokens",
@@ -192,6 +194,7 @@ def _denoise(
       method=method or s.sampler,
       guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))),
       frames_scale=s.get("frames_cfg_scale", 1.0) if frames_cfg_scale is None else frames_cfg_scale,
+      eta=s.get("eta", sampler.ETA) if eta is None else eta,
       progress=progress,
       put=sampler.batch_put(run.mesh, run.rules),
     )

@@ -13,6 +13,16 @@ has a keep value and a given value, and follows the noise level
 (keep = 1) stay at their given values, free ones (keep = 0) start from noise, and
 those in between start from their given value noised to 1 - keep and move once
 the schedule passes it. A request without context is plain text-to-video.
+
+Solvers: "euler" and "heun" integrate the ODE. "stochastic" takes Euler-cost steps
+that keep the step's clean estimate x0_hat and its noise estimate eps_hat but
+replace a share eta^2 of the noise's variance with fresh noise (DDIM's eta for the
+straight path):
+
+  x_next = (1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta z).
+
+eta = 0 is Euler. The fresh noise z of step k is drawn from (the request's seed,
+k), so a request's result still depends only on its own seed.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ from sora_jax.core.sharded_model import ShardedModel
 from sora_jax.diffusion import conditioning, flow, latent
 from sora_jax.sampling import plans
 
-SAMPLERS = ("euler", "heun")
+SAMPLERS = ("euler", "heun", "stochastic")
+ETA = 0.25  # The stochastic solver's share of fresh noise, unless a config says (sample.eta).
 # What the sampler reads from packed rows ("tokens": the noise it starts from; "keep" and
 # "given": each token's keep value and given value, see sora_jax/diffusion/conditioning.py).
 ROW_KEYS = ("tokens", "coords", "segment_ids", "text_ids", "text_segment_ids", "keep", "given")
@@ -103,6 +114,7 @@ def pack_requests(
         "tokens": noise,
         "coords": patchify.coordinates(grid),
         "request": np.full((n,), i + 1, np.int32),
+        "seed": np.full((n,), req.seed, np.int64),
         "keep": keep,
         "given": given,
         "text_ids": np.concatenate(ids),
@@ -120,7 +132,7 @@ def pack_requests(
       opts,
       seed=0,
       shuffle_bins=False,
-      extra_token_keys=("request", "keep", "given"),
+      extra_token_keys=("request", "seed", "keep", "given"),
       extra_text_keys=("text_frames",) if windowed else (),
     )
   )
@@ -236,7 +248,20 @@ class Sampler:
     return jnp.where((rows["keep"] >= 1.0)[..., None], rows["given"], x)
 
   def _step_impl(
-    self, params, x, rows, t_cur, t_next, cfg_scale, frames_scale, *, method, guided, frames_guided
+    self,
+    params,
+    x,
+    rows,
+    t_cur,
+    t_next,
+    cfg_scale,
+    frames_scale,
+    fresh,
+    eta,
+    *,
+    method,
+    guided,
+    frames_guided,
   ):
     seg = rows["segment_ids"]
     tc, tn = self._times(rows, t_cur), self._times(rows, t_next)
@@ -245,6 +270,12 @@ class Sampler:
     dt = (tn - tc)[..., None]
     kw = dict(guided=guided, frames_guided=frames_guided)
     v = self._velocity(params, x, tc, fc, rows, cfg_scale, frames_scale, **kw)
+    if method == "stochastic":
+      tc, tn = tc[..., None], tn[..., None]
+      x0, eps = x - tc * v, x + (1.0 - tc) * v  # x_t = (1 - t) x0 + t eps, v = eps - x0.
+      eta = jnp.where(tn < tc, eta, 0.0)  # Tokens that do not move (kept ones) stay put.
+      x_next = (1.0 - tn) * x0 + tn * (jnp.sqrt(1.0 - eta**2) * eps + eta * fresh)
+      return jnp.where(real, x_next, 0.0)
     x_euler = x + dt * v
     if method == "heun":
       v2 = self._velocity(params, x_euler, tn, fn, rows, cfg_scale, frames_scale, **kw)
@@ -261,6 +292,7 @@ class Sampler:
     method: str = "heun",
     guidance_interval: tuple[float, float] = (0.0, 1.0),
     frames_scale: float = 1.0,
+    eta: float = ETA,
     progress: bool = True,
     put: Callable[[dict], dict] | None = None,
   ) -> np.ndarray:
@@ -270,7 +302,8 @@ class Sampler:
     (Kynkaanniemi et al. 2024): at the highest noise levels it pushes every
     position towards the prompt's average look instead of one coherent layout.
     `frames_scale` != 1 also guides over the given frames, at every step, in the same
-    batched call (see `_velocity`); rows with no given frames skip it.
+    batched call (see `_velocity`); rows with no given frames skip it. `eta` is the
+    "stochastic" solver's share of fresh noise (module docstring).
     """
     lo, hi = guidance_interval
     if not 0.0 <= lo <= hi <= 1.0:
@@ -279,6 +312,8 @@ class Sampler:
       raise RequestError(f"--sampler={method!r}; allowed: {SAMPLERS}")
     if steps < 1:
       raise RequestError(f"--steps={steps}; must be at least 1")
+    if method == "stochastic" and not 0.0 <= eta <= 1.0:
+      raise RequestError(f"eta={eta}; the stochastic solver needs 0 <= eta <= 1")
     guided = cfg_scale != 1.0
     rows = dict(rows)  # Rows without context (e.g. training batches): every token free.
     rows.setdefault("keep", np.zeros(rows["segment_ids"].shape, np.float32))
@@ -300,6 +335,9 @@ class Sampler:
     grid = np.linspace(1.0, 0.0, steps + 1)
     bar = cli.progress(steps, desc=f"sampling {len(rows['tokens'])} row(s)") if progress else None
     for i in range(steps):
+      fresh = step_noise(rows, i + 1) if method == "stochastic" else np.zeros((), np.float32)
+      if method == "stochastic":
+        fresh = put({"fresh": fresh})["fresh"] if put else jnp.asarray(fresh)
       x = self._step(
         self.params,
         x,
@@ -308,6 +346,8 @@ class Sampler:
         jnp.float32(grid[i + 1]),
         jnp.float32(cfg_scale),
         jnp.float32(frames_scale),
+        fresh,
+        jnp.float32(eta),
         method=method,
         guided=guided and lo <= grid[i] <= hi,
         frames_guided=frames_guided,
@@ -318,6 +358,24 @@ class Sampler:
     if bar is not None:
       bar.close()
     return x
+
+
+def step_noise(rows: dict[str, np.ndarray], step: int) -> np.ndarray:
+  """Fresh noise `[R, L, D]` for the stochastic solver's step `step` (>= 1): each
+  request's from its own (seed, step), laid out like its tokens; 0 on padding. Rows
+  without requests (training batches) draw from (0, step) per row."""
+  tokens = rows["tokens"]
+  out = np.zeros(tokens.shape, np.float32)
+  if "request" not in rows:
+    for r in range(len(tokens)):
+      out[r] = np.random.default_rng([r, step]).standard_normal(tokens.shape[1:], np.float32)
+    return np.where((rows["segment_ids"] > 0)[..., None], out, 0.0)
+  for i in np.unique(rows["request"][rows["request"] > 0]):
+    r, pos = np.nonzero(rows["request"] == i)
+    seed = int(rows["seed"][r[0], pos[0]])
+    rng = np.random.default_rng([seed, step])
+    out[r, pos] = rng.standard_normal((len(r), tokens.shape[-1]), np.float32)
+  return out
 
 
 def unpack(
