@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from data_pipelines import shards
-from sora_jax.core import cli, configs, flops
+from sora_jax.core import cli, configs
 from sora_jax.training import sweep_jobs, sweeps
 
 FLAGS = flags.FLAGS
@@ -104,6 +104,18 @@ def print_manifest(manifest, flops_per_s: float) -> None:
   )
 
 
+def peak_flops_in_child() -> float:
+  """One device's peak FLOP/s (flops.device_peak_flops), found by a child process: this
+  launcher never starts jax, so it holds none of the accelerator memory its training
+  children need (the first process to start jax on a GPU preallocates most of it)."""
+  code = "from sora_jax.core import flops; print(flops.device_peak_flops()[0])"
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  if r.returncode:
+    last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    raise sweeps.SweepError(f"measuring the device's peak FLOP/s failed: {last}")
+  return float(r.stdout.split()[-1])
+
+
 def achieved_flops_per_s(manifest, peak: float) -> float:
   """The median of finished points' FLOP/s (compile and start-up included), else peak x MFU."""
   rates = []
@@ -159,9 +171,8 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"error: point {entry['name']} failed; see {sweeps.point_dir(FLAGS.root, entry)}")
       print(f"{entry['name']}: held-out loss {out['heldout_loss']:.4f}")
       return
-    peak, _ = flops.device_peak_flops()
-    # After jax has started (above), never before: a --point process (returned earlier)
-    # leaves the accelerators to its training child, whose logs are in the point's folder.
+    peak = peak_flops_in_child()
+    # Not for a --point process (returned above): its training child logs in the point's folder.
     cli.say(f"sora_jax.sweep: logs in {cli.log_to_file(os.path.join(FLAGS.root, 'logs'), 'sweep')}")
     print_manifest(manifest, achieved_flops_per_s(manifest, peak))
     if FLAGS.dry_run:

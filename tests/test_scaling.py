@@ -221,9 +221,16 @@ def test_tiny_sweep_runs_reruns_retries_and_fits(tiny_data_dir, tmp_path):
   root = tmp_path / "root"
   sweep = ["-m", "sora_jax.sweep", f"--sweep={sweep_file}", f"--root={root}"]
 
-  dry = _run(*sweep, "--dry_run")
+  # The launcher never starts jax itself (its training children need the accelerators).
+  probe = (
+    "import atexit, runpy; from jax._src import xla_bridge as xb; "
+    "atexit.register(lambda: print('jax started:', xb.backends_are_initialized())); "
+    "runpy.run_module('sora_jax.sweep', run_name='__main__')"
+  )
+  dry = _run("-c", probe, *sweep[2:], "--dry_run")
   assert dry.returncode == 0, dry.stderr[-2000:]
   assert "5 points" in dry.stdout and "est.min" in dry.stdout
+  assert "jax started: False" in dry.stdout, dry.stdout[-2000:]
   manifest = json.loads((root / "manifest.json").read_text())
   for e in manifest["points"]:
     assert abs(e["budget_error"]) <= 0.1

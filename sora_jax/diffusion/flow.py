@@ -30,10 +30,12 @@ with s = `sigma_data`, so that F's target (x0 - c_skip x_t) / c_out has unit
 variance at every t and c_skip x_t is the best linear guess of x0. Near t = 0
 the estimate is mostly the input itself: the network only removes the little
 noise there is, where an x0-predicting network must rebuild every pixel of a
-clip it can already see. The loss is F's squared error, EDM's unit weighting.
-The loss and the sampler always work with velocities. The loss is the squared error of v averaged over each example's tokens and
-features, then over the examples of the batch, so one long video does not
-outweigh the images packed beside it.
+clip it can already see.
+
+The sampler always works with velocities. The loss is the squared error of v
+(of F for "preconditioned", EDM's unit weighting) averaged over each example's
+tokens and features, then over the examples of the batch, so one long video
+does not outweigh the images packed beside it.
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ def noised(x0: jax.Array, noise: jax.Array, t: jax.Array, segment_ids: jax.Array
   return jnp.where(real, (1.0 - t[..., None]) * x0 + t[..., None] * noise, 0.0)
 
 
+def _preconditioning(t: jax.Array, cfg: FlowConfig):
+  """(t, sigma_data^2, D) of the "preconditioned" prediction (module docstring)."""
+  s2 = cfg.sigma_data**2
+  return t, s2, (1.0 - t) ** 2 * s2 + t**2
+
+
 def velocity(
   out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig, *, min_t: float = 0.0
 ) -> jax.Array:
@@ -164,8 +172,7 @@ def velocity(
   if cfg.prediction == "velocity":
     return out
   if cfg.prediction == "preconditioned":
-    t, s2 = t[..., None], cfg.sigma_data**2
-    d = (1.0 - t) ** 2 * s2 + t**2
+    t, s2, d = _preconditioning(t[..., None], cfg)
     return xt * (t - (1.0 - t) * s2) / d - out * (cfg.sigma_data * jax.lax.rsqrt(d))
   return (xt - out) / jnp.maximum(t, min_t)[..., None]
 
@@ -177,8 +184,7 @@ def clean_estimate(out: jax.Array, xt: jax.Array, t: jax.Array, cfg: FlowConfig)
   if cfg.prediction == "data":
     return out
   if cfg.prediction == "preconditioned":
-    t, s2 = t[..., None], cfg.sigma_data**2
-    d = (1.0 - t) ** 2 * s2 + t**2
+    t, s2, d = _preconditioning(t[..., None], cfg)
     return xt * ((1.0 - t) * s2 / d) + out * (cfg.sigma_data * t * jax.lax.rsqrt(d))
   return xt - t[..., None] * out
 
@@ -222,8 +228,8 @@ def token_loss(
   err = jnp.mean(jnp.square(pred - target), axis=-1)
   if cfg.prediction == "preconditioned":
     # |F - F*|^2 = |v - v*|^2 t^2 / c_out^2, without dividing by c_out (0 at t = 0).
-    s2 = cfg.sigma_data**2
-    err = err * ((1.0 - t) ** 2 * s2 + t**2) / s2
+    _, s2, d = _preconditioning(t, cfg)
+    err = err * d / s2
   return err
 
 

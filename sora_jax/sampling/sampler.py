@@ -335,8 +335,9 @@ class Sampler:
     grid = np.linspace(1.0, 0.0, steps + 1)
     bar = cli.progress(steps, desc=f"sampling {len(rows['tokens'])} row(s)") if progress else None
     for i in range(steps):
-      fresh = step_noise(rows, i + 1) if method == "stochastic" else np.zeros((), np.float32)
+      fresh = np.zeros((), np.float32)  # The stochastic solver's fresh noise, or nothing.
       if method == "stochastic":
+        fresh = step_noise(rows, i + 1)
         fresh = put({"fresh": fresh})["fresh"] if put else jnp.asarray(fresh)
       x = self._step(
         self.params,
@@ -363,7 +364,7 @@ class Sampler:
 def step_noise(rows: dict[str, np.ndarray], step: int) -> np.ndarray:
   """Fresh noise `[R, L, D]` for the stochastic solver's step `step` (>= 1): each
   request's from its own (seed, step), laid out like its tokens; 0 on padding. Rows
-  without requests (training batches) draw from (0, step) per row."""
+  without requests (training batches) draw from (row index, step)."""
   tokens = rows["tokens"]
   out = np.zeros(tokens.shape, np.float32)
   if "request" not in rows:
