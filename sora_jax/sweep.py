@@ -154,6 +154,7 @@ def main(argv: Sequence[str]) -> None:
     if not getattr(FLAGS, name):
       sys.exit(f"error: --{name} is required")
   cli.quiet()
+  cli.one_process()  # The launcher and a --point process leave jax to their children.
   try:
     sweep = sweeps.load_sweep(FLAGS.sweep)
     extra = {"data.data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}

@@ -9,6 +9,8 @@
   cli.log_to_file(dir, name)     ... and go to DIR/NAME.log from then on
   cli.say(msg)                   an informative line: printed by process 0, and logged
   cli.progress(total, ...)       a tqdm bar on process 0 (none elsewhere)
+  cli.one_process()              a launcher that must not start jax (its children need
+                                 the accelerators): the above take it as process 0
 
 Every command uses these, so the rule is one code path.
 """
@@ -99,11 +101,23 @@ def require(argv: Sequence[str], **flags_and_hints: str) -> None:
       sys.exit(f"error: --{name} is required{hint}")
 
 
+_ONE_PROCESS = False
+
+
+def one_process() -> None:
+  """Declares this program one process that never starts jax itself (a launcher whose
+  training children need the accelerators: on a GPU the first process to start jax
+  preallocates most of its memory). `say`, `log_to_file` and `progress` then take it
+  as process 0 instead of asking jax, which would start it."""
+  global _ONE_PROCESS
+  _ONE_PROCESS = True
+
+
 def _process_index() -> int:
-  """jax.process_index(), or 0 where jax was never imported: such a program (e.g.
-  sora_jax.scaling) is one process, and this module does not import jax for it."""
+  """jax.process_index(), or 0 for a program that is one process without asking jax:
+  one that declared so (`one_process`) or never imported jax (e.g. sora_jax.scaling)."""
   jax = sys.modules.get("jax")
-  return 0 if jax is None else jax.process_index()
+  return 0 if jax is None or _ONE_PROCESS else jax.process_index()
 
 
 def verbose() -> bool:

@@ -101,7 +101,8 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     f"config.model.context_parallel={m.context_parallel!r}; allowed: {context_parallel.SCHEMES}",
   )
   try:
-    attention.resolve_backend(m.attention)
+    if m.attention != "auto":  # "auto" is always valid; resolving it would start jax.
+      attention.resolve_backend(m.attention)
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   tw, th = m.text.width, m.text.heads
