@@ -314,6 +314,8 @@ class Sampler:
       raise RequestError(f"--steps={steps}; must be at least 1")
     if method == "stochastic" and not 0.0 <= eta <= 1.0:
       raise RequestError(f"eta={eta}; the stochastic solver needs 0 <= eta <= 1")
+    if method == "stochastic" and "seed" not in rows:
+      raise RequestError("the stochastic solver draws from each request's seed: pack_requests rows")
     guided = cfg_scale != 1.0
     rows = dict(rows)  # Rows without context (e.g. training batches): every token free.
     rows.setdefault("keep", np.zeros(rows["segment_ids"].shape, np.float32))
@@ -363,14 +365,9 @@ class Sampler:
 
 def step_noise(rows: dict[str, np.ndarray], step: int) -> np.ndarray:
   """Fresh noise `[R, L, D]` for the stochastic solver's step `step` (>= 1): each
-  request's from its own (seed, step), laid out like its tokens; 0 on padding. Rows
-  without requests (training batches) draw from (row index, step)."""
+  request's from its own (seed, step), laid out like its tokens; 0 on padding."""
   tokens = rows["tokens"]
   out = np.zeros(tokens.shape, np.float32)
-  if "request" not in rows:
-    for r in range(len(tokens)):
-      out[r] = np.random.default_rng([r, step]).standard_normal(tokens.shape[1:], np.float32)
-    return np.where((rows["segment_ids"] > 0)[..., None], out, 0.0)
   for i in np.unique(rows["request"][rows["request"] > 0]):
     r, pos = np.nonzero(rows["request"] == i)
     seed = int(rows["seed"][r[0], pos[0]])
