@@ -67,6 +67,10 @@ class Options:
   # cross-attention keys then run on fewer padding tokens.
   text_tokens_per_row: int = 0
   caption_dropout: float = 0.1  # Probability of an empty caption (classifier-free guidance).
+  # Probability of dropping each word of a caption, independently ("a circle on a gray
+  # background" from "a red circle ..."): each word must carry its meaning without the
+  # others, for prompts that pair words never seen together (held-out compositions).
+  word_dropout: float = 0.0
   # Use examples' time-stamped captions (schema caption_windows): each caption token then
   # carries the token-frame window it is seen from (`text_frames` in the batch).
   caption_windows: bool = False
@@ -100,6 +104,8 @@ class Options:
       )
     if not 0.0 <= self.caption_dropout <= 1.0:
       raise ValueError(f"data.caption_dropout={self.caption_dropout}; allowed [0, 1]")
+    if not 0.0 <= self.word_dropout < 1.0:
+      raise ValueError(f"data.word_dropout={self.word_dropout}; allowed [0, 1)")
     if not 0.0 <= self.descriptive_captions <= 1.0:
       raise ValueError(f"data.descriptive_captions={self.descriptive_captions}; allowed [0, 1]")
     if not 0.0 <= self.token_drop_rate < 1.0:
@@ -244,6 +250,10 @@ class Tokenize:
     p = self.opts.descriptive_captions
     if ex.descriptive_captions and p > 0.0 and rng.random() < p:
       caption = ex.descriptive_captions[int(rng.integers(len(ex.descriptive_captions)))]
+    if self.opts.word_dropout > 0.0:  # (No draw without it, as above.)
+      words = caption.split()
+      kept = rng.random(len(words)) >= self.opts.word_dropout
+      caption = " ".join(w for w, k in zip(words, kept, strict=True) if k)
     return "" if rng.random() < self.opts.caption_dropout else caption
 
   def text(

@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     max_text_len=64,
     text_tokens_per_row=0,  # Caption tokens per row; 0: room for every caption (K x max_text_len).
     caption_dropout=0.1,
+    word_dropout=0.0,  # Each caption word dropped independently (held-out compositions).
     # Time-stamped captions (e.g. synthetic --event_fraction): caption tokens seen only
     # from their window's frames (storyboards are then in distribution).
     caption_windows=False,

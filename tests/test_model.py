@@ -209,3 +209,18 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   out = _run(model, _inputs())
   assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_a_text_encoder_of_depth_zero_keeps_each_caption_token_its_own(scan):
+  """text.depth=0: a token's encoding is its embedding, normed; it ignores its neighbours."""
+  text = text_encoder.TextConfig(vocab_size=20, width=16, depth=0, heads=1)
+  enc = text_encoder.SmallTextEncoder(text, rngs=nnx.Rngs(0), scan=scan)
+  x = _inputs()
+  other = x["text_ids"].at[:, 0].set((x["text_ids"][:, 0] + 1) % 20)
+  a = np.asarray(enc(x["text_ids"], x["text_segment_ids"]))
+  b = np.asarray(enc(other, x["text_segment_ids"]))
+  np.testing.assert_array_equal(a[:, 1:], b[:, 1:])
+  assert not np.allclose(a[:, 0], b[:, 0])
+  model = dit.DiT(_cfg(text=text, scan_layers=scan), rngs=nnx.Rngs(0))
+  assert np.isfinite(_run(model, x)).all()

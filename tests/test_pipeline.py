@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipelines import patchify, pipeline, sizing, tokenizer
+from data_pipelines import media, patchify, pipeline, schema, sizing, tokenizer
 
 ODD_SIZES = [(1, 8, 8), (1, 24, 40), (5, 16, 24), (7, 32, 8), (2, 40, 56), (9, 24, 24)]
 PATCHES = [(1, 8, 8), (2, 8, 8), (3, 4, 8), (1, 2, 4)]
@@ -295,3 +295,35 @@ def test_frame_stride_spans_the_clip_and_shrinks_for_short_clips():
     values = out["tokens"].reshape(4, -1)[:, 0]
     index = np.round((values + 1) * 127.5 / 8).astype(int)
     np.testing.assert_array_equal(np.diff(index), stride)
+
+
+def test_word_dropout_keeps_the_other_words_in_order(tiny_data_dir):
+  """Each word is dropped on its own, the rest keep their order; none at rate 0."""
+  caption = "a red circle moving left on a gray background"
+  frames = np.zeros((1, 8, 8, 3), np.uint8)
+  data, fmt = media.encode_raw(frames)
+  ex = schema.Example(
+    media=data,
+    media_format=fmt,
+    fps=0.0,
+    num_frames=1,
+    height=8,
+    width=8,
+    captions=(caption,),
+    source_id="x/0",
+  )
+  tok, geom = tokenizer.load(tiny_data_dir), sizing.Geometry(patch=(1, 8, 8))
+  dropped = pipeline.Tokenize(_opts(word_dropout=0.3), geom, tok)
+  rng = np.random.default_rng(0)
+  seen = [dropped.caption(ex, rng) for _ in range(200)]
+  words = caption.split()
+  for s in seen:
+    it = iter(words)
+    assert all(w in it for w in s.split()), s  # An ordered subsequence of the words.
+  kept = np.mean([len(s.split()) for s in seen]) / len(words)
+  assert 0.6 < kept < 0.8, kept
+  assert len(set(seen)) > 50
+  plain = pipeline.Tokenize(_opts(), geom, tok)
+  assert {plain.caption(ex, rng) for _ in range(20)} == {caption}
+  with pytest.raises(ValueError, match="word_dropout"):
+    _opts(word_dropout=1.0).validate()

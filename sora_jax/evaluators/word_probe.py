@@ -51,7 +51,8 @@ def evaluate(
 ) -> dict[float, dict[str, float]]:
   """{t: {"win_rate", "gap", "pairs"}} for the swapped `attribute` word."""
   cfg = run.cfg.copy_and_resolve_references()
-  cfg.data.data_dir, cfg.data.caption_dropout = data_dir, 0.0
+  with cfg.unlocked():  # (Runs from before word_dropout lack the key.)
+    cfg.data.update(data_dir=data_dir, caption_dropout=0.0, word_dropout=0.0)
   tok, model, k = run.tokenizer, run.model, run.opts.num_segments
   text_len, max_len = run.opts.text_len, cfg.data.max_text_len
 
@@ -129,7 +130,8 @@ def denoising(
   and of its noisy input against the clean tokens, over the real tokens of `batches`
   packed batches (captions kept, no guidance)."""
   cfg = run.cfg.copy_and_resolve_references()
-  cfg.data.data_dir, cfg.data.caption_dropout = data_dir, 0.0
+  with cfg.unlocked():  # (Runs from before word_dropout lack the key.)
+    cfg.data.update(data_dir=data_dir, caption_dropout=0.0, word_dropout=0.0)
   model = run.model
 
   @jax.jit

@@ -21,8 +21,9 @@ REMAT_POLICIES = {
 
 
 def make_layers(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs, scan: bool):
-  """`depth` layers built by `make(rngs)`: stacked for scanning, or an nnx.List."""
-  if not scan:
+  """`depth` layers built by `make(rngs)`: stacked for scanning, or an nnx.List (also
+  for depth 0)."""
+  if not scan or depth == 0:
     return nnx.List([make(rngs) for _ in range(depth)])
 
   @nnx.split_rngs(splits=depth)

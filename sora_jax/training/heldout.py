@@ -44,7 +44,12 @@ def heldout_rows(cfg: ml_collections.ConfigDict, tokenizer, stage) -> dict[str, 
   c = ml_collections.ConfigDict(cfg.to_dict())
   c.train.global_batch_size = int(h.rows)
   c.data.update(
-    num_shards=1, caption_dropout=0.0, min_token_fraction=1.0, token_drop_rate=0.0, num_workers=0
+    num_shards=1,
+    caption_dropout=0.0,
+    word_dropout=0.0,
+    min_token_fraction=1.0,
+    token_drop_rate=0.0,
+    num_workers=0,
   )
   stream = input_pipeline.make_dataset(c, tokenizer, stage, 0, 1, split=h.split, seed=int(h.seed))
   return next(iter(stream))

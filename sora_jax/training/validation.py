@@ -110,7 +110,11 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
     tw > 0 and th > 0 and tw % th == 0 and (tw // th) % 2 == 0,
     f"config.model.text.width={tw}, heads={th}: width must divide into heads of even size",
   )
-  _require(m.text.depth >= 1, f"config.model.text.depth={m.text.depth}: must be >= 1")
+  _require(
+    m.text.depth >= 0,
+    f"config.model.text.depth={m.text.depth}: must be >= 0 (0: each caption token its "
+    "own embedding, no mixing)",
+  )
 
   # Held-out loss.
   if "heldout" in cfg:
