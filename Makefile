@@ -30,7 +30,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" --durations=20 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=20 tests
 
 # The demo: data -> tokenizer -> training on CPU -> samples -> prompt-following
 # evaluation against its aims. Rerunning resumes: the data is kept and training

@@ -103,30 +103,6 @@ def write_tiny_dataset(
   return data_dir
 
 
-# The files that take longest on two cores (minutes each; --durations), run first so
-# that `make test`'s workers (pytest-xdist, a file at a time, --no-loadscope-reorder)
-# finish together rather than one waiting on the last long file.
-_LONGEST_FIRST = (
-  "test_train.py",
-  "test_scaling.py",
-  "test_latent.py",
-  "test_editing.py",
-  "test_pod.py",
-  "test_benchmarks.py",
-  "test_sharding.py",
-  "test_export.py",
-  "test_pca.py",
-  "test_evaluate.py",
-  "test_sample.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: files stay whole.
-
-
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   return write_tiny_dataset(str(tmp_path_factory.mktemp("tiny_data")))
