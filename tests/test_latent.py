@@ -246,6 +246,14 @@ def test_cached_latents_and_on_the_fly_encoding_give_the_same_batches(
   assert (batches[0][0]["segment_ids"] > 0).mean() > 0.5
 
 
+def _assert_same_pixels(a: np.ndarray, b: np.ndarray) -> None:
+  """Equal frames, each value within one uint8 level and almost all exactly."""
+  assert a.shape == b.shape, (a.shape, b.shape)
+  diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+  assert diff.max() <= 1, diff.max()
+  assert np.mean(diff > 0) < 0.01, np.mean(diff > 0)
+
+
 def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
   cache_dir, ae_workdir, tmp_path
 ):
@@ -294,9 +302,12 @@ def test_latent_training_and_sampling_decode_with_the_copy_beside_the_run(
   extended, animated = run_lib.generate(run, edits, steps=2, progress=False)
   assert extended.shape == animated.shape == (9, 16, 24, 3)
   own = latent.to_uint8(run.stage.decode(run.stage.encode(pipeline.to_unit_range(clip))))
-  np.testing.assert_array_equal(extended[:5], own)
+  # Equal up to rounding to uint8: the decoder runs on 9 latent frames here and on the
+  # clip's own frames for `own`, and XLA may sum in another order for another shape (one
+  # value in 5760 once came back 41 against 40 in a full `make test`).
+  _assert_same_pixels(extended[:5], own)
   first = latent.to_uint8(run.stage.decode(run.stage.encode(pipeline.to_unit_range(clip[:1]))))
-  np.testing.assert_array_equal(animated[:1], first)
+  _assert_same_pixels(animated[:1], first)
   # A frame count the 4x temporal compression cannot make is refused.
   with pytest.raises(sampling.RequestError, match="1 \\+ a multiple"):
     run_lib.generate(
