@@ -49,7 +49,7 @@ def get_config(arg=None):
     adaln="block",
     dtype="float32",  # bfloat16 matmuls are slow on CPUs.
     remat="none",
-    # Six layers unrolled: on CPUs a scanned stack zero-fills and copies its per-layer
+    # Layers unrolled: on CPUs a scanned stack zero-fills and copies its per-layer
     # residual buffers every step; unrolled, the step runs ~10% faster (docs/performance.md).
     scan_layers=False,
   )
@@ -80,6 +80,7 @@ def get_config(arg=None):
   )
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   # Guidance 3: one object 96-100% and motion 90-95% on two training seeds x two sampling
-  # seeds, against 83-96% and 87.5-92.5% at 4.5 (docs/performance.md, "4x4x4 patches").
+  # seeds, against 83-96% and 87.5-92.5% at 4.5, on the earlier 6 x 192 model (docs/
+  # performance.md, "4x4x4 patches"; not re-measured on the 4 x 128 model).
   c.sample.update(steps=30, cfg_scale=3.0, sampler="heun", fps=3)  # 8 fps clips, stride 3.
   return c
