@@ -273,6 +273,9 @@ def print_prompt_following(result: dict, aims: dict[str, float]) -> None:
       print(
         f"  {k:<10} {accuracy[k]:6.1%}  (chance {chance:.0%}, n={accuracy['n_' + k]})" + aim_text(k)
       )
+  for bg, acc in accuracy.get("by_background", {}).items():  # Where the misses are.
+    figures = ", ".join(f"{k} {acc[k]:.0%}" for k in prompt_following.CHANCE if k in acc)
+    print(f"  {'on ' + bg:<10} {figures} (n={acc['n']})")
   real = result["real"]
   if "one_object" in accuracy:  # Prompts of the built-in vocabulary only.
     print(

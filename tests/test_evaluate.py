@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from conftest import ingest_footage  # noqa: E402
 
-from data_pipelines import media, render, synthetic, tokenizer
+from data_pipelines import media, render, shards, synthetic, tokenizer, vocab
 from experiments import dit_tiny
 from sora_jax import train
-from sora_jax.evaluators import editing, word_probe
+from sora_jax.evaluators import editing, prompt_following, word_probe
 from sora_jax.sampling import run as run_lib
+from sora_jax.sampling import sampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +79,8 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   acc = results["accuracy"]
   assert results["split"] == "eval" and acc["n_color"] == 6
   assert all(0.0 <= acc[k] <= 1.0 for k in ("color", "shape", "background", "one_object"))
+  assert sum(b["n"] for b in acc["by_background"].values()) == 6
+  assert any(f"  on {bg}" in r.stdout for bg in acc["by_background"]), r.stdout
   # Clean-sample measures stand beside the same measures on real clips of the split.
   assert results["real"]["one_object"] == 1.0 and 0.8 < results["real"]["grid_ratio"] < 1.25
   assert acc["grid_ratio"] > 0
@@ -131,6 +134,28 @@ def test_evaluate_reads_attributes_back_and_writes_results(run, tmp_path):
   assert os.path.exists(os.path.join(out, "blend.given-1.mp4"))
   assert "recut" in r.stdout and "one example of every mode" in r.stdout
   assert "text-to-video at the same frames" in r.stdout
+
+
+def test_scores_are_also_split_by_the_background_asked(run):
+  _, data = run
+  examples = [e for p in shards.split_files(data, "train") for e in shards.read_shard(p)]
+  clips = {}
+  for e in examples:
+    background = vocab.parse_caption(e.captions[0])["background"]
+    if e.num_frames > 1:
+      clips.setdefault(background, (e.captions[0], media.decode(e)))
+  assert set(clips) == {"black", "gray"}
+  requests = [sampler.Request(c, len(v), *v.shape[1:3]) for c, v in clips.values()]
+  right, _ = prompt_following.score_all(requests, [v for _, v in clips.values()])
+  for bg in ("black", "gray"):
+    assert right["by_background"][bg]["background"] == 1.0
+    assert right["by_background"][bg]["n"] == 1
+  # The black clip answering both prompts: only the grey prompt's figures fall.
+  black = clips["black"][1]
+  wrong, _ = prompt_following.score_all(requests, [black, black])
+  assert wrong["by_background"]["black"]["background"] == 1.0
+  assert wrong["by_background"]["gray"]["background"] == 0.0
+  assert wrong["background"] == 0.5
 
 
 def test_seam_ratio_is_one_on_real_motion_and_large_at_a_cut():

@@ -83,9 +83,12 @@ def requests_for(prompts: list[str], sizes: list[tuple[int, int, int]], seed: in
 def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list[dict]]:
   """Accuracies of the attributes read back, plus how clean the clips are: the fraction
   with exactly one object (`one_object`) and the patch-grid score (`grid_ratio`, see
-  `readback.grid_energy`; ~1 without a grid) at the patch period in pixels."""
+  `readback.grid_energy`; ~1 without a grid) at the patch period in pixels. The same
+  accuracies per background asked (`by_background`: {background: {attribute: fraction,
+  "n": prompts}}) say where a miss comes from (e.g. shape on grey but not on black)."""
   # "style": whether a prompt's style phrase (e.g. "hollow") is read back from the pixels.
   rows, hits = [], {k: [] for k in (*CHANCE, "style", "one_object")}
+  per_background: dict[str, dict[str, list[bool]]] = {}
   boundary = everywhere = 0.0
   for req, video in zip(requests, videos, strict=True):
     got = readback.read_attributes(video)
@@ -97,9 +100,12 @@ def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list
       )
       continue
     result = readback.score(video, req.prompt)
+    background = per_background.setdefault(vocab.parse_caption(req.prompt)["background"], {})
     for k, ok in result.items():
       if k in hits:
         hits[k].append(ok)
+      if k in CHANCE:
+        background.setdefault(k, []).append(ok)
     hits["one_object"].append(got["objects"] == 1)
     b, e = readback.grid_energy(video, period)
     boundary, everywhere = boundary + b, everywhere + e
@@ -109,6 +115,11 @@ def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list
   accuracy = {k: float(np.mean(v)) for k, v in hits.items() if v}
   counts = {f"n_{k}": len(v) for k, v in hits.items() if v or k in CHANCE}
   accuracy["grid_ratio"] = boundary / max(everywhere, 1e-9)
+  if per_background:
+    accuracy["by_background"] = {
+      bg: {**{k: float(np.mean(v)) for k, v in sorted(h.items())}, "n": len(h["color"])}
+      for bg, h in sorted(per_background.items())
+    }
   return {**accuracy, **counts}, rows
 
 
