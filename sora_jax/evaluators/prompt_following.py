@@ -92,7 +92,8 @@ def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list
   boundary = everywhere = 0.0
   for req, video in zip(requests, videos, strict=True):
     got = readback.read_attributes(video)
-    if vocab.try_parse_caption(req.prompt) is None:  # Free text: nothing to read back.
+    asked = vocab.try_parse_caption(req.prompt)
+    if asked is None:  # Free text: nothing to read back.
       b, e = readback.grid_energy(video, period)
       boundary, everywhere = boundary + b, everywhere + e
       rows.append(
@@ -100,7 +101,7 @@ def score_all(requests, videos, period: int = 8) -> tuple[dict[str, float], list
       )
       continue
     result = readback.score(video, req.prompt)
-    background = per_background.setdefault(vocab.parse_caption(req.prompt)["background"], {})
+    background = per_background.setdefault(asked["background"], {})
     for k, ok in result.items():
       if k in hits:
         hits[k].append(ok)
