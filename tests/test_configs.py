@@ -85,3 +85,12 @@ def test_demo_prompts_are_sizes_the_demo_trains_on():
     ratios.add((req.num_frames > 1, round(req.width / req.height, 1)))
   assert {(True, 1.7), (True, 0.6), (True, 1.0)} <= ratios  # 16:9, 9:16, 1:1 videos.
   assert any(req.num_frames == 1 for req in requests)  # And an image.
+
+
+def test_an_unknown_mlp_kind_is_named():
+  cfg = importlib.import_module("experiments.dit_tiny").get_config()
+  cfg.model.mlp = "geglu"
+  with pytest.raises(
+    configs.ConfigError, match=r"config\.model\.mlp='geglu'; allowed: gelu, swiglu"
+  ):
+    validation.validate(cfg, for_training=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_jax.models import dit, text_encoder
+from sora_jax.models import dit, layers, text_encoder
 
 
 def _cfg(**kw):
@@ -64,8 +64,9 @@ def test_output_shape_and_zero_init(adaln):
   np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero: the final layer starts at zero.
 
 
-def test_changing_one_packed_example_leaves_the_others_unchanged():
-  model = _nonzero_model(_cfg())
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_changing_one_packed_example_leaves_the_others_unchanged(mlp):
+  model = _nonzero_model(_cfg(mlp=mlp))
   x = _inputs()
   base = _run(model, x)
   seg, tseg = np.asarray(x["segment_ids"]), np.asarray(x["text_segment_ids"])
@@ -197,11 +198,25 @@ def test_remat_keeps_values_and_gradients(remat):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_every_parameter_has_logical_axis_names():
-  model = dit.DiT(_cfg(), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_every_parameter_has_logical_axis_names(mlp):
+  model = dit.DiT(_cfg(mlp=mlp), rngs=nnx.Rngs(0))
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     names = var.get_metadata().get("out_sharding")
     assert names is not None and len(names) == var.get_value().ndim, path
+
+
+def test_swiglu_multiplies_a_gate_into_the_hidden_units():
+  mlp = layers.MLP(
+    8, 12, kind="swiglu", rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32
+  )
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 8)), jnp.float32)
+  w = {k: getattr(mlp, k).kernel[...] for k in ("gate", "up", "down")}
+  b = {k: getattr(mlp, k).bias[...] for k in ("gate", "up", "down")}
+  hidden = jax.nn.silu(x @ w["gate"] + b["gate"]) * (x @ w["up"] + b["up"])
+  np.testing.assert_allclose(mlp(x), hidden @ w["down"] + b["down"], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="allowed: gelu, swiglu"):
+    layers.MLP(8, 12, kind="geglu", rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32)
 
 
 def test_bfloat16_compute_keeps_float32_params():

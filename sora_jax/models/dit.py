@@ -46,6 +46,7 @@ class DiTConfig:
   width: int = 256
   heads: int = 4
   mlp_ratio: float = 4.0
+  mlp: str = "gelu"  # "gelu" or "swiglu" (gated; mlp_ratio 8/3 keeps its parameters).
   adaln: str = "single"  # "single" (shared projection) or "block".
   qk_norm: bool = True
   rope_theta: float = 10_000.0
@@ -147,7 +148,7 @@ class Block(nnx.Module):
       **adapters("cross_attention"),
       **kw,
     )
-    self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), **adapters("mlp"), **kw)
+    self.mlp = layers.MLP(w, int(w * cfg.mlp_ratio), kind=cfg.mlp, **adapters("mlp"), **kw)
     if cfg.adaln == "block":
       self.modulation = layers.Dense(w, (6, w), ("embed", None, "mlp"), init="zeros", **kw)
     else:  # A learned per-block table added to the shared projection (zero init).

@@ -126,14 +126,22 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+MLP_KINDS = ("gelu", "swiglu")
+
+
 class MLP(nnx.Module):
-  """Two-layer GELU MLP: width -> hidden -> width."""
+  """Two-layer MLP: width -> hidden -> width.
+
+  kind "gelu": down(gelu(up(x))). kind "swiglu": down(silu(gate(x)) * up(x)) (Shazeer,
+  2020): a third projection, and each hidden unit the product of two projections of x.
+  """
 
   def __init__(
     self,
     width: int,
     hidden: int,
     *,
+    kind: str = "gelu",
     length: str = "length",
     rngs: nnx.Rngs,
     dtype,
@@ -141,15 +149,21 @@ class MLP(nnx.Module):
     lora_rank: int = 0,
     lora_scale: float = 1.0,
   ):
+    if kind not in MLP_KINDS:
+      raise ValueError(f"MLP kind {kind!r}; allowed: {', '.join(MLP_KINDS)}")
     kw = dict(
       rngs=rngs, dtype=dtype, param_dtype=param_dtype, lora_rank=lora_rank, lora_scale=lora_scale
     )
     self.up = Dense(width, hidden, ("embed", "mlp"), **kw)
+    self.gate = Dense(width, hidden, ("embed", "mlp"), **kw) if kind == "swiglu" else None
     self.down = Dense(hidden, width, ("mlp", "embed"), **kw)
     self.length = length  # Logical name of the sequence axis ("length" or "text_length").
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = jax.nn.gelu(self.up(x), approximate=True)
+    if self.gate is None:
+      h = jax.nn.gelu(self.up(x), approximate=True)
+    else:
+      h = jax.nn.silu(self.gate(x)) * self.up(x)
     h = sharding.constrain(h, ("batch", self.length, "act_mlp"))
     return self.down(h)
 

@@ -13,7 +13,7 @@ them with a leading "layers" axis like every other block parameter. Targets:
 
   self_attention    q, k, v, out of each block's self-attention
   cross_attention   q, k, v, out of each block's cross-attention to the caption
-  mlp               up and down of each block's MLP
+  mlp               up, down (and gate, with model.mlp="swiglu") of each block's MLP
 
 The text encoder is not adapted. We use flax's module rather than qwix: our
 `Dense` contracts multi-dimensional kernels (embed -> heads x head_dim) through

@@ -19,7 +19,16 @@ from sora_jax.core import sharding
 from sora_jax.core.configs import ConfigError
 from sora_jax.core.configs import require as _require
 from sora_jax.diffusion import conditioning, latent
-from sora_jax.models import attention, autoencoder, context_parallel, dit, lora, mup, stack
+from sora_jax.models import (
+  attention,
+  autoencoder,
+  context_parallel,
+  dit,
+  layers,
+  lora,
+  mup,
+  stack,
+)
 from sora_jax.training import input_pipeline
 
 SECTIONS = ("data", "latent", "model", "flow", "optim", "train", "mesh", "sharding", "sample")
@@ -78,6 +87,10 @@ def validate(cfg: ml_collections.ConfigDict, *, for_training: bool = True) -> No
   )
   _require(
     m.adaln in ("single", "block"), f"config.model.adaln={m.adaln!r}; allowed: single, block"
+  )
+  _require(
+    m.get("mlp", "gelu") in layers.MLP_KINDS,
+    f"config.model.mlp={m.get('mlp')!r}; allowed: {', '.join(layers.MLP_KINDS)}",
   )
   _require(m.mlp_ratio > 0, f"config.model.mlp_ratio={m.mlp_ratio}: must be positive")
   parametrization = m.get("parametrization", "standard")
