@@ -80,6 +80,10 @@ class Options:
   num_packing_bins: int = 16  # Rows packed at once by first fit; more = less padding.
   num_workers: int = 0  # Grain worker processes (0: decode in this process).
   worker_buffer_size: int = 2
+  # Threads reading and transforming records ahead of packing, per pipeline (grain's
+  # ReadOptions; its default is 16). 0 reads in the consuming thread: on a machine whose
+  # cores all run the training step, reader threads only compete with it.
+  read_threads: int = 16
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any]) -> Options:
@@ -120,6 +124,8 @@ class Options:
         f"caption) or at least data.max_text_len={self.max_text_len}, and only 0 with "
         "caption_windows (an example's windows may hold several captions)"
       )
+    if self.read_threads < 0:
+      raise ValueError(f"data.read_threads={self.read_threads}; allowed >= 0")
     if min(self.max_examples_per_row, self.max_text_len, self.max_frames, self.frame_stride) < 1:
       raise ValueError(
         "data.max_examples_per_row, max_text_len, max_frames and frame_stride must be >= 1"
@@ -403,7 +409,11 @@ def make_dataset(
   ds = ds.repeat(num_epochs)  # Reseeds the shuffle and random_map every epoch.
   text_keys = ("text_frames",) if opts.caption_windows else ()
   ds = pack(
-    ds.to_iter_dataset(), opts, seed=seed + 2, shuffle_bins=shuffle, extra_text_keys=text_keys
+    ds.to_iter_dataset(grain.ReadOptions(num_threads=opts.read_threads)),
+    opts,
+    seed=seed + 2,
+    shuffle_bins=shuffle,
+    extra_text_keys=text_keys,
   )
   ds = ds.batch(batch_size, drop_remainder=True)
   if opts.num_workers > 0:

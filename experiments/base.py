@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     num_workers=0,
     num_shards=0,  # Virtual data shards (0: one per row of the global batch); see input_pipeline.py.
     worker_buffer_size=2,
+    read_threads=16,  # Per pipeline, reading ahead of packing (0: in the consuming thread).
   )
 
   # Latent stage (sora_jax.diffusion.latent): "pixel" is the identity; "pca" a linear

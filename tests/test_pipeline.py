@@ -1,5 +1,6 @@
 """Patchify, sizing, packing invariants and determinism of the grain pipeline."""
 
+import dataclasses
 import itertools
 
 import grain
@@ -183,6 +184,23 @@ def test_state_restore_is_deterministic(tiny_data_dir):
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
+def test_reader_threads_change_nothing_in_the_stream(tiny_data_dir):
+  """Records read in the packing thread (read_threads=0) give the batches 16 threads give,
+  and each resumes the other's state."""
+  opts = _opts(token_drop_rate=0.3, caption_dropout=0.3)
+  threaded = iter(_dataset(tiny_data_dir, dataclasses.replace(opts, read_threads=16), seed=5))
+  inline = iter(_dataset(tiny_data_dir, dataclasses.replace(opts, read_threads=0), seed=5))
+  for _ in range(3):
+    want, got = next(threaded), next(inline)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  resumed = iter(_dataset(tiny_data_dir, dataclasses.replace(opts, read_threads=0), seed=5))
+  resumed.set_state(threaded.get_state())
+  want, got = next(threaded), next(resumed)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_seed_changes_the_stream(tiny_data_dir):
   a = next(iter(_dataset(tiny_data_dir, _opts(), seed=0)))
   b = next(iter(_dataset(tiny_data_dir, _opts(), seed=1)))
@@ -251,6 +269,8 @@ def test_options_validation():
     _opts(max_text_len=8, text_tokens_per_row=7).validate()
   with pytest.raises(ValueError, match="caption_windows"):
     _opts(text_tokens_per_row=64, caption_windows=True).validate()
+  with pytest.raises(ValueError, match="read_threads=-1"):
+    _opts(read_threads=-1).validate()
 
 
 def test_tfds_and_array_record_sources_give_identical_batches(tiny_data_dir, tmp_path):
