@@ -71,8 +71,8 @@ def get_config(arg=None):
   c.optim.update(lr=2e-3, warmup_steps=100, weight_decay=0.0, ema_decay=0.999)
   c.train.update(
     # 4 rows (~32 examples) a step for 4800 steps: twice the steps of 8-row batches over
-    # the same examples in the same time (0.13-0.15 s a step on 2 cores, 0.23-0.24 s on
-    # one: ~11 and ~19 minutes). Held-out shape is what more steps move (docs/
+    # the same examples in the same time (0.13-0.15 s a step on 2 cores, 0.23-0.27 s on
+    # one: ~11 and ~20 minutes). Held-out shape is what more steps move (docs/
     # performance.md, "Twice the training" and "4-row steps at twice the learning rate").
     num_steps=4800,
     global_batch_size=4,
